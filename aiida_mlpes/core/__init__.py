@@ -1,0 +1,1 @@
+"""The science layer: numpy, torch, ase and h5py only. Never imports aiida."""

@@ -1,0 +1,1 @@
+"""aiida_mlpes.core.reference"""

@@ -1,0 +1,1 @@
+"""aiida_mlpes.workflows"""
