@@ -42,9 +42,7 @@ class ASEPotential:
         single = positions.ndim == 2
         batch = positions[None] if single else positions
         if batch.shape[1:] != (len(self.atoms), 3):
-            raise ValueError(
-                f"positions have shape {positions.shape}; expected (B, {len(self.atoms)}, 3)"
-            )
+            raise ValueError(f"positions have shape {positions.shape}; expected (B, {len(self.atoms)}, 3)")
         energies = np.empty(len(batch))
         forces = np.empty_like(batch)
         for i, pos in enumerate(batch):

@@ -127,7 +127,9 @@ class RaggedArrays:
             present = [v is not None for v in values]
             if images and all(present):
                 if name in PER_ATOM:
-                    kwargs[name] = np.concatenate([np.asarray(v, float).reshape(-1, *PER_ATOM[name]) for v in values])
+                    kwargs[name] = np.concatenate(
+                        [np.asarray(v, float).reshape(-1, *PER_ATOM[name]) for v in values]
+                    )
                 else:
                     kwargs[name] = np.asarray(values, dtype=float)
             else:

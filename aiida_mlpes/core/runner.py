@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 import traceback
@@ -43,12 +44,26 @@ def resolve(task: str) -> Callable[[dict[str, Any], Path], dict[str, Any]]:
     return getattr(importlib.import_module(module_name), function_name)
 
 
+def set_threads(n: int) -> None:
+    """Limit torch and OpenMP/BLAS threads of this process to ``n``."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def run_task(task: str, input_file: Path, workdir: Path | None = None) -> dict[str, Any]:
     """Run ``task`` with the settings in ``input_file``; write and return ``result.json`` contents."""
     workdir = Path(workdir or input_file.parent)
     start = time.perf_counter()
     try:
         settings = json.loads(Path(input_file).read_text())
+        if settings.get("threads"):
+            set_threads(int(settings["threads"]))
         result = {"status": "ok", **(resolve(task)(settings, workdir) or {})}
     except TaskError as exc:
         result = {"status": "error", "message": str(exc)}
