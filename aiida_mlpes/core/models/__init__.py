@@ -1,1 +1,24 @@
-"""aiida_mlpes.core.models"""
+"""Machine-learned potentials: PhysNet and PaiNN in PyTorch, batching, neighbour lists, save/load.
+
+Public API::
+
+    from aiida_mlpes.core.models import ModelConfig, build_model, save_model, load_model, collate
+
+Units: positions Angstrom, energies eV (float64 after adding reference energies), forces eV/Angstrom,
+charges e, dipoles e*Angstrom.
+"""
+
+from .base import AtomisticModel
+from .batch import collate
+from .config import ModelConfig
+from .io import ModelFileError, build_model, load_model, save_model
+
+__all__ = [
+    "AtomisticModel",
+    "ModelConfig",
+    "ModelFileError",
+    "build_model",
+    "collate",
+    "load_model",
+    "save_model",
+]

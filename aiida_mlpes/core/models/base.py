@@ -1,0 +1,203 @@
+"""The part every architecture shares: element table, reference energies, charges, Coulomb, forces.
+
+An architecture (PhysNet, PaiNN) only implements :meth:`AtomisticModel.atomic_outputs`, returning per-atom
+energies and raw charges; this class turns them into molecular energies (eV), forces (eV/Angstrom, from
+autograd), atomic charges constrained to the total charge (e) and dipoles (e*Angstrom).
+
+Energy = energy_scale * (sum_i E_i) + E_coulomb + E_dispersion + sum_i E_ref(Z_i), the last sum in float64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+from torch import nn
+
+from .config import ModelConfig
+from .layers import polynomial_cutoff
+from .neighbors import all_pairs, build_pairs
+
+#: Coulomb constant in eV*Angstrom/e^2 (ase.units: Hartree * Bohr).
+COULOMB_EV_ANGSTROM = 14.399645351950543
+
+
+class AtomisticModel(nn.Module):
+    """Base class: batch handling, energy assembly, charges, electrostatics and forces."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        elements = torch.tensor(config.elements, dtype=torch.long)
+        table = torch.full((max(config.elements) + 1,), -1, dtype=torch.long)
+        table[elements] = torch.arange(len(elements))
+        self.register_buffer("elements", elements)
+        self.register_buffer("element_index", table)
+        self.register_buffer("cutoff", torch.tensor(float(config.cutoff), dtype=torch.float64))
+        self.register_buffer("element_energies", torch.zeros(len(elements), dtype=torch.float64))
+        self.register_buffer("energy_scale", torch.ones((), dtype=torch.float64))
+        self.dispersion = None
+        if config.dispersion:
+            from .dispersion import D3Dispersion
+
+            self.dispersion = D3Dispersion(config.elements, config.dispersion_functional)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """Keep reference energies, scale and cutoff in float64 whatever ``.to(dtype)`` does."""
+        keep = {name: getattr(self, name) for name in ("element_energies", "energy_scale", "cutoff")}
+        super()._apply(fn, recurse)
+        for name, value in keep.items():
+            setattr(self, name, value.to(device=getattr(self, name).device, dtype=torch.float64))
+        return self
+
+    # -- to implement -------------------------------------------------------------------------------
+    def atomic_outputs(
+        self,
+        species: torch.Tensor,
+        vectors: torch.Tensor,
+        distances: torch.Tensor,
+        idx_i: torch.Tensor,
+        idx_j: torch.Tensor,
+        atom_charge: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-atom energies (N,) in units of ``energy_scale`` and raw charges (N,) in e (or None).
+
+        ``species`` are indices into ``config.elements``; ``vectors`` (P, 3) = r_j - r_i and ``distances`` (P,)
+        in Angstrom; ``atom_charge`` (N,) is the total charge of each atom's molecule (e).
+        """
+        raise NotImplementedError
+
+    # -- public -------------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64 if self.config.dtype == "float64" else torch.float32
+
+    def set_reference(self, element_energies: Sequence[float] | np.ndarray, energy_scale: float) -> None:
+        """Set per-element reference energies (eV, indexed like ``config.elements``) and the scale (eV)."""
+        values = torch.as_tensor(np.asarray(element_energies, dtype=np.float64).reshape(-1))
+        if len(values) != len(self.config.elements):
+            raise ValueError(
+                f"element_energies has {len(values)} entries; expected one per element {self.config.elements}"
+            )
+        if not np.isfinite(float(energy_scale)) or float(energy_scale) <= 0:
+            raise ValueError(f"energy_scale must be a positive finite number (eV), got {energy_scale}")
+        self.element_energies.copy_(values)
+        self.energy_scale.fill_(float(energy_scale))
+
+    def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers -> indices into ``config.elements``; unknown elements raise a ValueError."""
+        z = atomic_numbers.to(torch.long)
+        table = self.element_index
+        if len(z) and (int(z.max()) >= len(table) or int(z.min()) < 1):
+            index = torch.full_like(z, -1)
+            ok = (z >= 1) & (z < len(table))
+            index[ok] = table[z[ok]]
+        else:
+            index = table[z]
+        if len(index) and bool((index < 0).any()):
+            unknown = sorted({int(v) for v in z[index < 0]})
+            names = ", ".join(
+                f"{chemical_symbols[v] if 0 < v < len(chemical_symbols) else '?'} (Z={v})" for v in unknown
+            )
+            raise ValueError(
+                f"element(s) {names} not in the model's training elements "
+                f"{[chemical_symbols[e] for e in self.config.elements]}"
+            )
+        return index
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], compute_forces: bool = True, create_graph: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Energies (B,) eV float64, forces (sum n, 3) eV/A, atomic_charges (sum n,) e, dipole (B, 3) e*A.
+
+        ``batch`` is a :func:`collate` dict; optional ``idx_i``/``idx_j`` give a precomputed pair list (all
+        intramolecular ordered pairs, or at least all within the cutoff; the Coulomb term uses it too).
+        """
+        positions = batch["positions"]
+        if positions.dtype != self.dtype:
+            positions = positions.to(self.dtype)
+        batch_index = batch["batch"]
+        n_atoms = batch["n_atoms"]
+        n_mol = len(n_atoms)
+        n_total = len(positions)
+        species = self.species(batch["atomic_numbers"])
+        charge = batch.get("charge")
+        if charge is None:
+            charge = positions.new_zeros(n_mol)
+        charge = charge.to(positions.dtype)
+
+        with torch.enable_grad() if compute_forces else contextlib.nullcontext():
+            if compute_forces and not positions.requires_grad:
+                positions = positions.detach().requires_grad_(True)
+            idx_i = batch.get("idx_i")
+            idx_j = batch.get("idx_j")
+            all_pair_list = False
+            if idx_i is None or idx_j is None:
+                max_atoms = int(n_atoms.max()) if n_mol else 0
+                all_pair_list = max_atoms <= self.config.all_pairs_max_atoms
+                idx_i, idx_j = build_pairs(
+                    positions, batch_index, n_atoms, self.config.cutoff, self.config.all_pairs_max_atoms
+                )
+            else:
+                all_pair_list = True  # a supplied list serves the Coulomb term too
+            vectors = positions[idx_j] - positions[idx_i]
+            distances = torch.linalg.vector_norm(vectors, dim=-1)
+            atom_charge = charge[batch_index]
+            energy_atomic, raw_charges = self.atomic_outputs(
+                species, vectors, distances, idx_i, idx_j, atom_charge
+            )
+            scale = self.energy_scale.to(energy_atomic.dtype)
+            energy = energy_atomic.new_zeros(n_mol).index_add_(0, batch_index, energy_atomic) * scale
+            out: dict[str, torch.Tensor] = {}
+            if raw_charges is not None:
+                total_raw = raw_charges.new_zeros(n_mol).index_add_(0, batch_index, raw_charges)
+                excess = (total_raw - charge) / n_atoms.to(raw_charges.dtype)
+                charges = raw_charges - excess[batch_index]
+                out["atomic_charges"] = charges
+                dipole = positions.new_zeros(n_mol, 3).index_add_(
+                    0, batch_index, charges.unsqueeze(1) * positions
+                )
+                out["dipole"] = dipole
+                if self.config.electrostatics:
+                    if all_pair_list:
+                        ci, cj, cd = idx_i, idx_j, distances
+                    else:
+                        ci, cj = all_pairs(n_atoms)
+                        cd = torch.linalg.vector_norm(positions[cj] - positions[ci], dim=-1)
+                    energy = energy + self.coulomb(charges, ci, cj, cd, batch_index, n_mol)
+            if self.dispersion is not None:
+                energy = energy + self.dispersion(species, positions, batch_index, n_atoms)
+            if compute_forces:
+                (grad,) = torch.autograd.grad(
+                    energy.sum(), positions, create_graph=create_graph, retain_graph=create_graph
+                )
+                out["forces"] = -grad
+        reference = positions.new_zeros(n_mol, dtype=torch.float64).index_add_(
+            0, batch_index, self.element_energies[species]
+        )
+        out["energy"] = energy.to(torch.float64) + reference
+        if compute_forces and not create_graph:
+            out = {k: v.detach() for k, v in out.items()}
+        return out
+
+    def coulomb(
+        self,
+        charges: torch.Tensor,
+        idx_i: torch.Tensor,
+        idx_j: torch.Tensor,
+        distances: torch.Tensor,
+        batch_index: torch.Tensor,
+        n_mol: int,
+    ) -> torch.Tensor:
+        """Shielded Coulomb energy per molecule (eV), PhysNet eq. 13, over all ordered pairs (halved).
+
+        chi(r) = phi(2r)/sqrt(r^2 + 1) + (1 - phi(2r))/r: shielded at short range, 1/r beyond ``r_sr / 2``.
+        """
+        r_sr = self.config.short_range_cutoff or self.config.cutoff
+        switch = polynomial_cutoff(distances, 0.5 * r_sr)
+        chi = switch * torch.rsqrt(distances * distances + 1.0) + (1.0 - switch) / distances
+        pair_energy = (0.5 * COULOMB_EV_ANGSTROM) * charges[idx_i] * charges[idx_j] * chi
+        return charges.new_zeros(n_mol).index_add_(0, batch_index[idx_i], pair_energy)

@@ -1,0 +1,109 @@
+"""Layers shared by PhysNet and PaiNN: activations, radial bases, cutoff functions, scatter sums.
+
+Distances are in Angstrom. All functions work on flat pair arrays (P,) built by ``neighbors.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+LN2 = math.log(2.0)
+
+
+def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
+    """ln(0.5 e^x + 0.5): softplus shifted to pass through zero (PhysNet's activation)."""
+    return nn.functional.softplus(x) - LN2
+
+
+class ShiftedSoftplus(nn.Module):
+    """Module form of :func:`shifted_softplus`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return shifted_softplus(x)
+
+
+def make_activation(name: str) -> nn.Module:
+    """``"shifted_softplus"`` or ``"silu"``."""
+    return ShiftedSoftplus() if name == "shifted_softplus" else nn.SiLU()
+
+
+def polynomial_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """PhysNet's smooth cutoff 1 - 6x^5 + 15x^4 - 10x^3 with x = r/cutoff, exactly 0 beyond the cutoff."""
+    x = r / cutoff
+    x3 = x * x * x
+    value = 1.0 + x3 * (-10.0 + x * (15.0 - 6.0 * x))
+    return torch.where(x < 1.0, value, torch.zeros_like(r))
+
+
+def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
+    """Behler's cosine cutoff 0.5 (cos(pi r / cutoff) + 1), exactly 0 beyond the cutoff (PaiNN)."""
+    value = 0.5 * (torch.cos(r * (math.pi / cutoff)) + 1.0)
+    return torch.where(r < cutoff, value, torch.zeros_like(r))
+
+
+class ExpNormalRBF(nn.Module):
+    """PhysNet radial basis g_k(r) = phi(r) exp(-beta_k (exp(-r) - mu_k)^2), trainable mu and beta.
+
+    mu_k are spaced evenly in [exp(-cutoff), 1], beta_k = (2 (1 - exp(-cutoff)) / K)^-2 (Unke & Meuwly 2019).
+    """
+
+    def __init__(self, n_rbf: int, cutoff: float) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff)
+        start = math.exp(-self.cutoff)
+        self.centers = nn.Parameter(torch.linspace(start, 1.0, n_rbf))
+        width = (2.0 / n_rbf * (1.0 - start)) ** -2
+        self.widths = nn.Parameter(torch.full((n_rbf,), width))
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        """(P,) distances -> (P, K) basis values, already multiplied by the cutoff function."""
+        diff = torch.exp(-r).unsqueeze(-1) - self.centers
+        return polynomial_cutoff(r, self.cutoff).unsqueeze(-1) * torch.exp(-self.widths * diff * diff)
+
+
+class SincRBF(nn.Module):
+    """PaiNN radial basis sin(k pi r / cutoff) / r, k = 1..K (no cutoff applied; the filter applies it)."""
+
+    def __init__(self, n_rbf: int, cutoff: float) -> None:
+        super().__init__()
+        self.cutoff = float(cutoff)
+        self.register_buffer("frequencies", torch.arange(1, n_rbf + 1) * (math.pi / self.cutoff))
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        """(P,) distances -> (P, K)."""
+        return torch.sin(r.unsqueeze(-1) * self.frequencies) / r.unsqueeze(-1)
+
+
+def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Sum rows of ``values`` into ``size`` rows by ``index`` (pair -> atom, atom -> molecule)."""
+    out = values.new_zeros((size, *values.shape[1:]))
+    return out.index_add_(0, index, values)
+
+
+class Dense(nn.Linear):
+    """Linear layer with Xavier-uniform weights and zero bias (PhysNet/PaiNN initialisation)."""
+
+    def __init__(self, n_in: int, n_out: int, bias: bool = True, zero: bool = False) -> None:
+        super().__init__(n_in, n_out, bias=bias)
+        if zero:
+            nn.init.zeros_(self.weight)
+        else:
+            nn.init.xavier_uniform_(self.weight)
+        if bias:
+            nn.init.zeros_(self.bias)
+
+
+class Residual(nn.Module):
+    """Pre-activation residual layer x + W2 act(W1 act(x) + b1) + b2 (PhysNet)."""
+
+    def __init__(self, n_features: int, activation: str) -> None:
+        super().__init__()
+        self.act = make_activation(activation)
+        self.dense1 = Dense(n_features, n_features)
+        self.dense2 = Dense(n_features, n_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dense2(self.act(self.dense1(self.act(x))))
