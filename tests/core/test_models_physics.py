@@ -88,7 +88,9 @@ def test_rotation_translation_permutation(arch):
     np.testing.assert_allclose(out["forces"], ref["forces"].numpy() @ rot.T, atol=1e-9)
     np.testing.assert_allclose(out["atomic_charges"], ref["atomic_charges"], atol=1e-10)
     # permute atoms inside each molecule
-    perm = np.concatenate([o + rng.permutation(n) for o, n in zip(arrays.offsets[:-1], arrays.n_atoms)])
+    perm = np.concatenate(
+        [o + rng.permutation(n) for o, n in zip(arrays.offsets[:-1], arrays.n_atoms, strict=True)]
+    )
     permuted = RaggedArrays(
         arrays.n_atoms, arrays.atomic_numbers[perm], arrays.positions[perm], charge=arrays.charge
     )
@@ -148,16 +150,16 @@ def test_vesin_pairs_give_same_result_as_all_pairs(arch):
 
 def test_pair_lists():
     i, j = all_pairs(torch.tensor([3, 1, 2]))
-    pairs = set(zip(i.tolist(), j.tolist()))
+    pairs = set(zip(i.tolist(), j.tolist(), strict=True))
     assert pairs == {(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (4, 5), (5, 4)}
     i2, j2 = all_pairs(torch.tensor([3, 3]))
-    assert set(zip(i2.tolist(), j2.tolist())) == {
+    assert set(zip(i2.tolist(), j2.tolist(), strict=True)) == {
         (a + o, b + o) for o in (0, 3) for a in range(3) for b in range(3) if a != b
     }
     # vesin: a 3-atom chain with a 2.5 A cutoff keeps only neighbours, and never mixes molecules
     pos = torch.tensor([[0.0, 0, 0], [2.0, 0, 0], [4.0, 0, 0], [0.0, 0, 0], [2.0, 0, 0]], dtype=torch.float64)
     i, j = radius_pairs(pos, torch.tensor([0, 0, 0, 1, 1]), torch.tensor([3, 2]), 2.5)
-    assert set(zip(i.tolist(), j.tolist())) == {(0, 1), (1, 0), (1, 2), (2, 1), (3, 4), (4, 3)}
+    assert set(zip(i.tolist(), j.tolist(), strict=True)) == {(0, 1), (1, 0), (1, 2), (2, 1), (3, 4), (4, 3)}
 
 
 def test_unseen_element_raises():

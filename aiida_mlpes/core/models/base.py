@@ -122,7 +122,6 @@ class AtomisticModel(nn.Module):
         batch_index = batch["batch"]
         n_atoms = batch["n_atoms"]
         n_mol = len(n_atoms)
-        n_total = len(positions)
         species = self.species(batch["atomic_numbers"])
         charge = batch.get("charge")
         if charge is None:

@@ -94,7 +94,7 @@ class PaiNN(AtomisticModel):
         cut = cosine_cutoff(distances, self.config.cutoff).unsqueeze(1)
         filters = (self.filters(self.rbf(distances)) * cut).split(3 * f, dim=-1)
         unit = vectors / distances.unsqueeze(1)
-        for index, (block, block_filters) in enumerate(zip(self.blocks, filters)):
+        for index, (block, block_filters) in enumerate(zip(self.blocks, filters, strict=True)):
             s, v = block(s, v, block_filters, unit, idx_i, idx_j, index == 0)
         out = self.head2(self.act(self.head1(s))) + self.output_shift.index_select(0, species)
         if self.n_out == 2:

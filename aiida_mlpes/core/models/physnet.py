@@ -89,7 +89,7 @@ class PhysNet(AtomisticModel):
             x = x + atom_charge.unsqueeze(1) * self.charge_vector
         filters = self.filters(self.rbf(distances)).split(self.config.n_features, dim=-1)
         total = self.output_shift.index_select(0, species)
-        for block, block_filters in zip(self.blocks, filters):
+        for block, block_filters in zip(self.blocks, filters, strict=True):
             x, out = block(x, block_filters, idx_i, idx_j)
             total = total + out
         if self.n_out == 2:
