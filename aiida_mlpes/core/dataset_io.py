@@ -30,7 +30,7 @@ from aiida_mlpes.core.units import (
     length_factor,
 )
 
-FORMATS = ("extxyz", "db", "npz")
+FORMATS = ("extxyz", "db", "npz", "md17")
 #: Keys of Asparagus-style npz files (padded arrays) and the field each one holds.
 ASPARAGUS_KEYS = {
     "R": "positions",
@@ -103,6 +103,8 @@ def import_file(
             arrays = _read_db(path)
         elif fmt == "npz":
             arrays = _read_npz(path, keys or {})
+        elif fmt == "md17":
+            arrays = _read_md17(path)
         else:
             raise DatasetError(f"{path}: unknown format {fmt!r}; use one of {FORMATS}")
     except DatasetError:
@@ -117,6 +119,42 @@ def import_file(
     arrays = _convert(arrays, energy_unit, length_unit, dipole_unit, charge_unit)
     validate(arrays, str(path))
     return arrays
+
+
+def _read_md17(path: Path) -> RaggedArrays:
+    """MD17-style xyz: the comment line is the energy, atom lines are ``symbol x y z fx fy fz``.
+
+    Written by hand because ASE's xyz readers drop the force columns and the bare energy of this format.
+    """
+    from ase.data import atomic_numbers
+
+    lines = path.read_text().splitlines()
+    n_atoms, numbers, positions, forces, energy = [], [], [], [], []
+    i = 0
+    while i < len(lines):
+        if not lines[i].strip():
+            i += 1
+            continue
+        n = int(lines[i])
+        energy.append(float(lines[i + 1].split()[0]))
+        for line in lines[i + 2 : i + 2 + n]:
+            symbol, *values = line.split()
+            if len(values) != 6:
+                raise DatasetError(f"{path}: line {line!r} needs 'symbol x y z fx fy fz'")
+            if symbol not in atomic_numbers:
+                raise DatasetError(f"{path}: unknown element {symbol!r} in conformation {len(energy) - 1}")
+            numbers.append(atomic_numbers[symbol])
+            positions.append(values[:3])
+            forces.append(values[3:])
+        n_atoms.append(n)
+        i += 2 + n
+    return RaggedArrays(
+        n_atoms=np.array(n_atoms),
+        atomic_numbers=np.array(numbers),
+        positions=np.array(positions, float),
+        energy=np.array(energy),
+        forces=np.array(forces, float),
+    )
 
 
 def _read_db(path: Path) -> RaggedArrays:
@@ -207,7 +245,8 @@ def export_file(
         if fmt == "extxyz":
             images = [arrays.to_atoms(i) for i in range(len(arrays))]
             for atoms, source in zip(images, arrays.source, strict=True):
-                atoms.info["source"] = str(source)
+                if source:  # an empty value would swallow the next key of the comment line
+                    atoms.info["source"] = str(source)
             ase.io.write(tmp, images, format="extxyz")
         elif fmt == "db":
             with ase.db.connect(tmp, type="db", append=False) as db:

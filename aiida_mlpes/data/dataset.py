@@ -67,7 +67,8 @@ class PESDataset(SinglefileData):
         return list(self.base.attributes.get("elements"))
 
     @property
-    def fields(self) -> list[str]:
+    def field_names(self) -> list[str]:
+        """Optional fields present: energy, forces, dipole, charge, atomic_charges."""
         return list(self.base.attributes.get("fields"))
 
     def __str__(self) -> str:
