@@ -22,7 +22,9 @@ def _load(profile: str | None) -> None:
     load_profile(profile, allow_switch=True)
 
 
-profile_option = click.option("-p", "--profile", default=None, help="AiiDA profile (default: the default profile).")
+profile_option = click.option(
+    "-p", "--profile", default=None, help="AiiDA profile (default: the default profile)."
+)
 
 
 @click.group()
@@ -32,7 +34,9 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--profile", default=DEFAULT_PROFILE, show_default=True, help="Name of the profile to create/reuse.")
+@click.option(
+    "--profile", default=DEFAULT_PROFILE, show_default=True, help="Name of the profile to create/reuse."
+)
 @click.option("--xtb", "xtb_path", default=None, help="Path of the xtb executable (default: found on PATH).")
 def setup(profile: str, xtb_path: str | None) -> None:
     """Create (or reuse) the embedded default: a presto profile, the localhost computer, and the codes
@@ -44,7 +48,9 @@ def setup(profile: str, xtb_path: str | None) -> None:
         click.echo(f"profile '{profile}' exists: reusing it")
     else:
         verdi = shutil.which("verdi") or str(Path(sys.executable).with_name("verdi"))
-        subprocess.run([verdi, "presto", "--profile-name", profile, "--use-zeromq", "--non-interactive"], check=True)
+        subprocess.run(
+            [verdi, "presto", "--profile-name", profile, "--use-zeromq", "--non-interactive"], check=True
+        )
         click.echo(f"created profile '{profile}' (SQLite storage, ZeroMQ broker)")
         reset_config()  # the profile was written by another process: re-read the configuration
     _load(profile)
@@ -61,14 +67,22 @@ def dataset() -> None:
 
 @dataset.command("import")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["extxyz", "db", "npz", "h5"]), default=None, help="Default: from the extension.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["extxyz", "db", "npz", "h5"]),
+    default=None,
+    help="Default: from the extension.",
+)
 @click.option("--level-of-theory", default="", help='E.g. "GFN2-xTB" or "PBE-D3BJ/def2-SVP".')
 @click.option("--energy-unit", default="eV", show_default=True, help="eV, Hartree, kcal/mol, kJ/mol, ...")
 @click.option("--length-unit", default="Angstrom", show_default=True, help="Angstrom, Bohr, nm, ...")
 @click.option("--dipole-unit", default="eAngstrom", show_default=True, help="eAngstrom, Debye, eBohr")
 @click.option("--label", default="", help="Label of the new node.")
 @profile_option
-def dataset_import(path: Path, fmt, level_of_theory, energy_unit, length_unit, dipole_unit, label, profile) -> None:
+def dataset_import(
+    path: Path, fmt, level_of_theory, energy_unit, length_unit, dipole_unit, label, profile
+) -> None:
     """Import a file (extxyz, ASE db, npz, or one of our .h5 files) as a stored PESDataset."""
     _load(profile)
     from aiida_mlpes.core.dataset import DatasetError
@@ -79,7 +93,9 @@ def dataset_import(path: Path, fmt, level_of_theory, energy_unit, length_unit, d
         if fmt == "h5" or (fmt is None and path.suffix in (".h5", ".hdf5")):
             node = PESDataset(file=path)
         else:
-            arrays = import_file(path, fmt, energy_unit=energy_unit, length_unit=length_unit, dipole_unit=dipole_unit)
+            arrays = import_file(
+                path, fmt, energy_unit=energy_unit, length_unit=length_unit, dipole_unit=dipole_unit
+            )
             node = PESDataset.from_arrays(arrays, level_of_theory=level_of_theory)
     except (DatasetError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -108,11 +124,23 @@ def dataset_show(identifier: str, profile) -> None:
     node = _get_dataset(identifier)
     attrs = node.base.attributes.all
     click.echo(f"PESDataset<{node.pk}> {node.uuid}  label: {node.label!r}")
-    for key in ("n_conformations", "n_atoms_total", "elements", "fields", "level_of_theory", "energy_min", "energy_max"):
+    for key in (
+        "n_conformations",
+        "n_atoms_total",
+        "elements",
+        "fields",
+        "level_of_theory",
+        "energy_min",
+        "energy_max",
+    ):
         if key in attrs:
             click.echo(f"  {key:16s} {attrs[key]}")
     creator = node.creator
-    click.echo(f"  {'created by':16s} {creator.process_label}<{creator.pk}>" if creator else f"  {'created by':16s} import")
+    click.echo(
+        f"  {'created by':16s} {creator.process_label}<{creator.pk}>"
+        if creator
+        else f"  {'created by':16s} import"
+    )
 
 
 @dataset.command("export")
@@ -146,7 +174,8 @@ def dataset_list(profile) -> None:
     from aiida_mlpes.data.dataset import PESDataset
 
     query = QueryBuilder().append(
-        PESDataset, project=["id", "label", "attributes.n_conformations", "attributes.level_of_theory", "ctime"]
+        PESDataset,
+        project=["id", "label", "attributes.n_conformations", "attributes.level_of_theory", "ctime"],
     )
     click.echo(f"{'PK':>6}  {'conformations':>13}  {'level of theory':24s}  label")
     for pk, label, n, level, _ in query.order_by({PESDataset: {"id": "asc"}}).all():
@@ -167,7 +196,9 @@ def dataset_merge(identifiers, no_dedup: bool, allow_mixed_levels: bool, profile
 
     nodes = {f"dataset_{i}": _get_dataset(identifier) for i, identifier in enumerate(identifiers)}
     try:
-        result = merge_datasets(deduplicate=orm.Bool(not no_dedup), allow_mixed_levels=orm.Bool(allow_mixed_levels), **nodes)
+        result = merge_datasets(
+            deduplicate=orm.Bool(not no_dedup), allow_mixed_levels=orm.Bool(allow_mixed_levels), **nodes
+        )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     stats = result["statistics"].get_dict()

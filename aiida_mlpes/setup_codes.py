@@ -33,7 +33,9 @@ def ensure_computer(label: str = "localhost") -> orm.Computer:
     return computer
 
 
-def _ensure_code(label: str, computer: orm.Computer, executable: str, plugin: str | None, description: str) -> str:
+def _ensure_code(
+    label: str, computer: orm.Computer, executable: str, plugin: str | None, description: str
+) -> str:
     try:
         code = orm.load_code(f"{label}@{computer.label}")
         if str(code.filepath_executable) != executable:
@@ -66,4 +68,6 @@ def ensure_codes(computer_label: str = "localhost", xtb_path: str | None = None)
     else:
         yield _ensure_code(XTB_LABEL, computer, xtb, "mlpes.xtb", "GFN-xTB (Debian package)")
     runner = shutil.which("aiida-mlpes-run") or str(Path(sys.executable).with_name("aiida-mlpes-run"))
-    yield _ensure_code(RUNNER_LABEL, computer, runner, None, "aiida-mlpes task runner (sample/train/test/characterize)")
+    yield _ensure_code(
+        RUNNER_LABEL, computer, runner, None, "aiida-mlpes task runner (sample/train/test/characterize)"
+    )

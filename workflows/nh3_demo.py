@@ -24,11 +24,15 @@ def labelled_batch(seed: int, n: int = 10) -> PESDataset:
         atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
         atoms.get_forces()
         images.append(atoms)
-    return PESDataset.from_arrays(RaggedArrays.from_atoms(images, source="demo"), level_of_theory="GFN2-xTB").store()
+    return PESDataset.from_arrays(
+        RaggedArrays.from_atoms(images, source="demo"), level_of_theory="GFN2-xTB"
+    ).store()
 
 
 first, second = labelled_batch(0), labelled_batch(1)
 result = merge_datasets(a=first, b=second, deduplicate=orm.Bool(True))
 merged = result["dataset"]
-print(f"Merged dataset: PESDataset<{merged.pk}> with {merged.n_conformations} NH3 conformations "
-      f"({merged.level_of_theory}); inspect with: aiida-mlpes dataset show {merged.pk}")
+print(
+    f"Merged dataset: PESDataset<{merged.pk}> with {merged.n_conformations} NH3 conformations "
+    f"({merged.level_of_theory}); inspect with: aiida-mlpes dataset show {merged.pk}"
+)

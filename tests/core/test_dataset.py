@@ -21,7 +21,16 @@ from tests.conftest import make_arrays
 
 
 def assert_same(a: RaggedArrays, b: RaggedArrays) -> None:
-    for name in ("n_atoms", "atomic_numbers", "positions", "energy", "forces", "dipole", "charge", "atomic_charges"):
+    for name in (
+        "n_atoms",
+        "atomic_numbers",
+        "positions",
+        "energy",
+        "forces",
+        "dipole",
+        "charge",
+        "atomic_charges",
+    ):
         x, y = getattr(a, name), getattr(b, name)
         assert (x is None) == (y is None), name
         if x is not None:
@@ -69,7 +78,10 @@ def test_failed_append_leaves_file_untouched(tmp_path, arrays):
     before = path.read_bytes()
     bad = make_arrays(2, seed=5)
     bad.forces[1, 0] = np.nan
-    with pytest.raises(DatasetError, match="'forces' of conformation 0 is NaN"), DatasetWriter(path, mode="a") as w:
+    with (
+        pytest.raises(DatasetError, match="'forces' of conformation 0 is NaN"),
+        DatasetWriter(path, mode="a") as w,
+    ):
         w.append(make_arrays(1, seed=3))
         w.append(bad, name="bad.xyz")
     assert path.read_bytes() == before
@@ -86,9 +98,18 @@ def test_appending_other_level_of_theory_is_refused(tmp_path, arrays):
     ("mutate", "message"),
     [
         (lambda a: setattr(a, "energy", a.energy[:-1]), r"'energy' has shape \(4,\), expected \(5,\)"),
-        (lambda a: a.atomic_numbers.__setitem__(5, 0), "unknown element with atomic number 0 in conformation 1"),
-        (lambda a: a.atomic_numbers.__setitem__(0, 200), "unknown element with atomic number 200 in conformation 0"),
-        (lambda a: a.positions.__setitem__((8, 1), np.inf), "'positions' of conformation 2 is NaN or infinite"),
+        (
+            lambda a: a.atomic_numbers.__setitem__(5, 0),
+            "unknown element with atomic number 0 in conformation 1",
+        ),
+        (
+            lambda a: a.atomic_numbers.__setitem__(0, 200),
+            "unknown element with atomic number 200 in conformation 0",
+        ),
+        (
+            lambda a: a.positions.__setitem__((8, 1), np.inf),
+            "'positions' of conformation 2 is NaN or infinite",
+        ),
         (lambda a: a.energy.__setitem__(4, np.nan), "'energy' of conformation 4 is NaN"),
         (lambda a: setattr(a, "dipole", np.zeros((5, 2))), r"'dipole' has shape \(5, 2\)"),
     ],
@@ -109,9 +130,9 @@ def test_empty_dataset_is_refused(tmp_path):
 
 def test_mismatched_fields_on_append(tmp_path, arrays):
     path = write_dataset(tmp_path / "d.h5", arrays)
-    with pytest.raises(DatasetError, match=r"missing \['atomic_charges', 'charge', 'dipole'\]"):
-        with DatasetWriter(path, mode="a") as w:
-            w.append(make_arrays(2, with_optional=False))
+    match = r"missing \['atomic_charges', 'charge', 'dipole'\]"
+    with pytest.raises(DatasetError, match=match), DatasetWriter(path, mode="a") as w:
+        w.append(make_arrays(2, with_optional=False))
 
 
 def test_not_a_dataset(tmp_path):

@@ -69,9 +69,13 @@ def test_md17_xyz_in_kcal_per_mol(realdata):
     path = realdata / "datasets" / "ethanol_snip_md17_schnetpack.xyz"
     arrays = import_file(path, fmt="md17", energy_unit="kcal/mol")
     assert list(arrays.n_atoms) == [9, 9, 9]
-    np.testing.assert_allclose(arrays.energy / KCAL_PER_MOL, [-97208.40600498248, -97208.37630463531, -97208.041987903])
+    np.testing.assert_allclose(
+        arrays.energy / KCAL_PER_MOL, [-97208.40600498248, -97208.37630463531, -97208.041987903]
+    )
     np.testing.assert_allclose(arrays.positions[0], [0.0072, -0.5687, 0.0])
-    np.testing.assert_allclose(arrays.forces[0] / KCAL_PER_MOL, [1.4517297437249999, 6.01923561735, 5.2067503058e-07])
+    np.testing.assert_allclose(
+        arrays.forces[0] / KCAL_PER_MOL, [1.4517297437249999, 6.01923561735, 5.2067503058e-07]
+    )
 
 
 def test_plain_xyz_geometry(realdata):

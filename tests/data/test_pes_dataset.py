@@ -37,8 +37,7 @@ def test_store_and_query(arrays):
     )
     assert node.uuid in query.all(flat=True)
     assert all(
-        n >= 1
-        for n in QueryBuilder().append(PESDataset, project="attributes.n_conformations").all(flat=True)
+        n >= 1 for n in QueryBuilder().append(PESDataset, project="attributes.n_conformations").all(flat=True)
     )
 
 
@@ -78,7 +77,9 @@ def test_cli_import_show_export_merge(tmp_path, aiida_profile):
     export_file(arrays, tmp_path / "in.npz")
     runner = CliRunner()
     profile = ["-p", aiida_profile.name]
-    result = runner.invoke(cli, ["dataset", "import", str(tmp_path / "in.npz"), "--level-of-theory", "xtb", *profile])
+    result = runner.invoke(
+        cli, ["dataset", "import", str(tmp_path / "in.npz"), "--level-of-theory", "xtb", *profile]
+    )
     assert result.exit_code == 0, result.output
     pk = result.output.split("PESDataset<")[1].split(">")[0]
     result = runner.invoke(cli, ["dataset", "show", pk, *profile])
@@ -98,7 +99,9 @@ def test_cli_import_show_export_merge(tmp_path, aiida_profile):
 
 def test_cli_reports_bad_files_clearly(tmp_path, aiida_profile):
     np.savez(tmp_path / "bad.npz", R=np.zeros((1, 2, 3)), Z=[[1, 300]])
-    result = CliRunner().invoke(cli, ["dataset", "import", str(tmp_path / "bad.npz"), "-p", aiida_profile.name])
+    result = CliRunner().invoke(
+        cli, ["dataset", "import", str(tmp_path / "bad.npz"), "-p", aiida_profile.name]
+    )
     assert result.exit_code != 0
     assert "unknown element with atomic number 300" in result.output
 
