@@ -1,0 +1,128 @@
+"""An ASE calculator around PySCF: energy and analytic gradients for DFT (any libxc functional), HF and MP2.
+
+Units at the boundary: PySCF works in Hartree and Bohr; results are eV, eV/Angstrom, e*Angstrom, e.
+Charge and multiplicity come from the parameters or from ``atoms.info['charge'/'multiplicity']``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, CalculatorError, all_changes
+
+from aiida_mlpes.core.reference.validation import check_charge_multiplicity
+from aiida_mlpes.core.units import BOHR, HARTREE
+
+#: Wavefunction methods; any other ``method`` is taken as an exchange-correlation functional (DFT).
+WAVEFUNCTION_METHODS = ("HF", "MP2")
+
+
+class SCFNotConvergedError(CalculatorError):
+    """PySCF's SCF did not converge within ``max_cycle`` iterations."""
+
+
+class PySCFCalculator(Calculator):
+    """Energy, forces, dipole and Mulliken charges from PySCF (restricted if closed shell, else unrestricted).
+
+    Parameters (all optional): ``method`` ("PBE", "B3LYP", "HF", "MP2" ...), ``basis`` ("def2-svp"),
+    ``charge``, ``multiplicity``, ``conv_tol`` (Eh), ``max_cycle``, ``grid_level`` (DFT grids 0-9),
+    ``density_fit`` (RI-J with the default auxiliary basis), ``level_shift`` (Eh), ``damping`` (0-1),
+    ``reuse_density`` (start each SCF from the last converged density of the same molecule).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "dipole", "charges"]
+    default_parameters = {
+        "method": "PBE",
+        "basis": "def2-svp",
+        "charge": None,
+        "multiplicity": None,
+        "conv_tol": 1e-9,
+        "max_cycle": 100,
+        "grid_level": 3,
+        "density_fit": False,
+        "level_shift": 0.0,
+        "damping": 0.0,
+        "reuse_density": True,
+    }
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._last_key = None
+        self._last_dm = None
+
+    def _molecule(self, atoms: Atoms):
+        from pyscf import gto
+
+        charge = self.parameters.charge
+        if charge is None:
+            charge = int(atoms.info.get("charge", 0))
+        mult = self.parameters.multiplicity or atoms.info.get("multiplicity")
+        if mult is None:
+            mult = 1 if (int(atoms.numbers.sum()) - charge) % 2 == 0 else 2
+        problem = check_charge_multiplicity(atoms.numbers, charge, mult)
+        if problem:
+            raise ValueError(f"PySCFCalculator: {problem}")
+        mol = gto.M(
+            atom=[(int(z), tuple(p)) for z, p in zip(atoms.numbers, atoms.positions, strict=True)],
+            unit="Angstrom",
+            basis=self.parameters.basis,
+            charge=int(charge),
+            spin=int(mult) - 1,
+            verbose=0,
+        )
+        return mol
+
+    def _mean_field(self, mol):
+        from pyscf import dft, scf
+
+        method = str(self.parameters.method)
+        open_shell = mol.spin != 0
+        if method.upper() in WAVEFUNCTION_METHODS:
+            mf = scf.UHF(mol) if open_shell else scf.RHF(mol)
+        else:
+            mf = dft.UKS(mol) if open_shell else dft.RKS(mol)
+            mf.xc = method
+            mf.grids.level = int(self.parameters.grid_level)
+        if self.parameters.density_fit:
+            mf = mf.density_fit()
+        mf.conv_tol = float(self.parameters.conv_tol)
+        mf.max_cycle = int(self.parameters.max_cycle)
+        mf.level_shift = float(self.parameters.level_shift)
+        mf.damp = float(self.parameters.damping)
+        mf.verbose = 0
+        return mf
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        mol = self._molecule(self.atoms)
+        mf = self._mean_field(mol)
+        key = (
+            tuple(self.atoms.numbers),
+            mol.charge,
+            mol.spin,
+            str(self.parameters.basis),
+            str(self.parameters.method),
+        )
+        dm0 = self._last_dm if (self.parameters.reuse_density and key == self._last_key) else None
+        e_scf = mf.kernel(dm0=dm0)
+        if not mf.converged:
+            self._last_key = None
+            raise SCFNotConvergedError(
+                f"PySCF SCF did not converge in {mf.max_cycle} cycles (last energy {e_scf:.8f} Eh)"
+            )
+        self._last_key, self._last_dm = key, mf.make_rdm1()
+        if str(self.parameters.method).upper() == "MP2":
+            post = mf.MP2().run()
+            energy = post.e_tot
+            gradient = post.nuc_grad_method().kernel()
+            dipole = None  # the MP2 relaxed density is not computed; an HF dipole would mix levels of theory
+        else:
+            energy = e_scf
+            gradient = mf.nuc_grad_method().kernel()
+            dipole = np.asarray(mf.dip_moment(unit="AU", verbose=0)) * BOHR
+        charges = np.asarray(mf.mulliken_pop(verbose=0)[1], dtype=float)
+        self.results["energy"] = self.results["free_energy"] = float(energy) * HARTREE
+        self.results["forces"] = -np.asarray(gradient) * HARTREE / BOHR
+        if dipole is not None:
+            self.results["dipole"] = dipole
+        self.results["charges"] = charges
