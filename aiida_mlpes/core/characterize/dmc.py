@@ -1,0 +1,366 @@
+"""Diffusion Monte Carlo (DMC) on a Potential: zero-point energy and hole detection.
+
+Unguided DMC as in the Asparagus paper (eqs. 16-19), atomic units inside:
+
+- diffusion: every Cartesian coordinate of atom i moves by sqrt(dt / m_i) * N(0, 1) (bohr, dt in au of
+  time, m_i in electron masses);
+- branching: each walker leaves floor(w + u) copies, u ~ U(0, 1), with w = exp(-(V - E_ref) dt)
+  (the paper's birth/death probabilities, eqs. 17-18, which also allow several births when w > 2);
+- population feedback: E_ref = <V> - alpha (N - N0) / N0 over the walkers alive after branching (eq. 19);
+- zero-point energy: the mean of E_ref after ``eqsteps`` minus V(minimum). (The walkers' mean potential
+  is a biased estimator at practical time steps; see NOTES.md.) Its error comes from blocking analysis.
+
+All walkers are evaluated as one batch per step (or chunks of ``batch_size``), the random numbers come
+from one ``numpy.random.Generator`` (reproducible from ``seed``), and memory does not grow with the
+number of steps (only scalar traces are kept).
+
+Holes: a walker is a hole when its energy is more than ``hole_threshold`` below V(minimum), when the
+model's energy uncertainty exceeds ``uncertainty_threshold`` (ensemble models), or when two atoms are
+closer than ``collapse_factor`` times the sum of their covalent radii while the energy stays less than
+``collapse_energy`` above V(minimum) (a physical surface puts such geometries tens of eV higher; a rare
+walker that reaches one on a correct surface, a time-step artefact, is left to die by branching). Holes are recorded (positions,
+energy, step, reason) and removed before branching so they cannot take over the population.
+
+Uncertainty: a potential may return a third value, the per-structure energy standard deviation (eV),
+``potential(positions) -> (energies, forces, std)``; or pass ``uncertainty=callable`` mapping positions
+(B, N, 3) to (B,) eV (one extra call per step). A potential with an ``energies(positions) -> (B,)``
+method (or ``(energies, std)``) is called through it, skipping forces, which DMC does not need.
+
+Public units: eV, Angstrom, amu; ``timestep`` and ``alpha`` are in atomic units (au of time, Eh).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase.data import covalent_radii
+
+from aiida_mlpes.core.characterize._common import evaluate, validate_system
+from aiida_mlpes.core.characterize.frequencies import normal_modes
+from aiida_mlpes.core.characterize.stationary import check_minimum
+from aiida_mlpes.core.potential import Potential
+from aiida_mlpes.core.units import AMU_IN_ME, BOHR, HARTREE, INV_CM
+
+#: Asparagus's hole threshold, 1e-5 Eh, in eV.
+DEFAULT_HOLE_THRESHOLD = 1e-5 * HARTREE
+#: Exponent cap for the branching weight (a walker never leaves more than ~e^5 copies in one step).
+MAX_LOG_WEIGHT = 5.0
+
+
+@dataclass
+class DMCResult:
+    """Outcome of :func:`run_dmc`. Energies in eV relative to V(minimum) unless stated.
+
+    Attributes:
+        zpe, zpe_error: zero-point energy and its blocking standard error (eV).
+        energy_trace: (nsteps,) E_ref - V(minimum) per step (eV).
+        population_trace: (nsteps,) walkers alive after each step.
+        potential_trace: (nsteps,) mean potential of the walkers - V(minimum) (eV).
+        holes: (H, N, 3) positions (Angstrom) of the defective walkers that were recorded.
+        hole_energies: (H,) their energies relative to V(minimum) (eV).
+        hole_steps: (H,) the step at which each was found.
+        hole_reasons: (H,) "energy", "uncertainty" or "collapse".
+        n_holes: total number of holes found (may exceed ``len(holes)`` when ``max_holes`` was reached).
+        walkers: (W, N, 3) final walker positions (Angstrom), a sample of the ground-state density.
+        minimum_energy: V(minimum) in eV (absolute).
+        harmonic_zpe: harmonic ZPE of the minimum (eV), None when not computed.
+    """
+
+    zpe: float
+    zpe_error: float
+    energy_trace: np.ndarray
+    population_trace: np.ndarray
+    potential_trace: np.ndarray
+    holes: np.ndarray
+    hole_energies: np.ndarray
+    hole_steps: np.ndarray
+    hole_reasons: np.ndarray
+    n_holes: int
+    walkers: np.ndarray
+    numbers: np.ndarray
+    minimum_energy: float
+    harmonic_zpe: float | None
+    settings: dict = field(default_factory=dict)
+    wall_time: float = 0.0
+
+    @property
+    def zpe_cm(self) -> float:
+        """Zero-point energy in cm^-1."""
+        return self.zpe / INV_CM
+
+    @property
+    def walker_steps_per_second(self) -> float:
+        return float(self.population_trace.sum() / max(self.wall_time, 1e-12))
+
+    def plot(self, path: str | Path) -> Path:
+        """Energy and population traces as a PNG; returns the path."""
+        from aiida_mlpes.core.characterize.plots import plot_dmc
+
+        return plot_dmc(self, path)
+
+
+def blocking_error(series: np.ndarray, min_blocks: int = 16) -> float:
+    """Standard error of the mean of a correlated series by blocking (Flyvbjerg & Petersen 1989).
+
+    The series is halved repeatedly by averaging neighbours; the largest standard error over the levels
+    with at least ``min_blocks`` blocks is returned (the plateau, conservatively).
+    """
+    x = np.asarray(series, dtype=float)
+    if len(x) < 2:
+        return float("nan")
+    best = float(np.std(x, ddof=1) / np.sqrt(len(x)))
+    while len(x) // 2 >= min_blocks:
+        x = 0.5 * (x[: len(x) // 2 * 2 : 2] + x[1 : len(x) // 2 * 2 : 2])
+        best = max(best, float(np.std(x, ddof=1) / np.sqrt(len(x))))
+    return best
+
+
+def _collapse_bounds(numbers: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    i, j = np.triu_indices(len(numbers), k=1)
+    bound = factor * (covalent_radii[numbers[i]] + covalent_radii[numbers[j]])
+    return i, j, bound**2
+
+
+def run_dmc(
+    potential: Potential,
+    numbers: Sequence[int] | np.ndarray,
+    positions: np.ndarray,
+    masses: Sequence[float] | np.ndarray | None = None,
+    nwalkers: int = 1000,
+    nsteps: int = 2000,
+    eqsteps: int = 500,
+    timestep: float = 5.0,
+    seed: int | None = None,
+    alpha: float | None = None,
+    hole_threshold: float | None = DEFAULT_HOLE_THRESHOLD,
+    uncertainty: Callable[[np.ndarray], np.ndarray] | None = None,
+    uncertainty_threshold: float | None = None,
+    collapse_factor: float = 0.5,
+    collapse_energy: float = 5.0,
+    max_holes: int = 10_000,
+    batch_size: int | None = None,
+    check: bool = True,
+    max_population_factor: float = 10.0,
+) -> DMCResult:
+    """Run unguided DMC from the minimum ``positions`` (Angstrom); see the module docstring.
+
+    Args:
+        nwalkers: target population N0. nsteps: total steps; eqsteps: steps discarded before averaging.
+        timestep: dt in au of time (~0.0242 fs); <= 10 au keeps the time-step bias below ~0.2 %.
+        seed: seed of the numpy random Generator (same seed, same potential -> same result).
+        alpha: population feedback in Eh; default 0.5 / dt.
+        hole_threshold: eV below V(minimum) for an energy hole (default 1e-5 Eh); None disables.
+        uncertainty, uncertainty_threshold: see the module docstring (eV).
+        collapse_factor: fraction of the sum of covalent radii below which a pair of atoms is collapsed;
+            0 disables the check. collapse_energy: eV above V(minimum) below which a collapsed walker
+            is a hole.
+        max_holes: at most this many holes are stored (all are counted and removed).
+        batch_size: evaluate the walkers in chunks of this size (memory bound); None = one batch.
+        check: verify first that ``positions`` are a minimum (harmonic analysis; ValueError if not).
+    """
+    numbers, positions, masses = validate_system(numbers, positions, masses)
+    _check_settings(nwalkers, nsteps, eqsteps, timestep, alpha, max_holes, batch_size)
+    rng = np.random.default_rng(seed)
+    alpha_au = 0.5 / timestep if alpha is None else float(alpha)
+    energy_fn = _energy_function(potential, batch_size)
+
+    e_min, f_min, std_min = evaluate(potential, positions[None])
+    v_min = float(e_min[0])
+    if uncertainty_threshold is not None and std_min is None and uncertainty is None:
+        raise ValueError(
+            "uncertainty_threshold needs a potential returning (energies, forces, std) or an uncertainty callable"
+        )
+    harmonic_zpe = None
+    if check:
+        modes = normal_modes(potential, numbers, positions, masses, project="auto", batch_size=batch_size)
+        max_drop = None if hole_threshold is None else 0.5 * hole_threshold
+        check_minimum(modes, f_min[0], max_relaxation=max_drop)
+        harmonic_zpe = modes.zpe
+
+    sigma = np.sqrt(timestep / (masses * AMU_IN_ME))[None, :, None]  # bohr
+    pair_i, pair_j, bound2 = _collapse_bounds(numbers, collapse_factor)
+    check_collapse = collapse_factor > 0 and len(pair_i) > 0
+    v_min_au = v_min / HARTREE
+    collapse_ceiling = v_min_au + collapse_energy / HARTREE
+    threshold_au = None if hole_threshold is None else hole_threshold / HARTREE
+    hole_store = _HoleStore(max_holes)
+
+    walkers = np.repeat(positions[None] / BOHR, nwalkers, axis=0)
+    e_ref = v_min_au
+    energy_trace = np.empty(nsteps)
+    potential_trace = np.empty(nsteps)
+    population = np.empty(nsteps, dtype=np.int64)
+    max_population = int(max_population_factor * nwalkers)
+    start = time.perf_counter()
+    for step in range(nsteps):
+        walkers += sigma * rng.standard_normal(walkers.shape)
+        cart = walkers * BOHR
+        energies, std = energy_fn(cart)
+        if uncertainty is not None:
+            std = np.asarray(uncertainty(cart), dtype=float).reshape(-1)
+        v = energies / HARTREE
+        bad = np.zeros(len(v), dtype=bool)
+        if threshold_au is not None:
+            bad |= v < v_min_au - threshold_au
+        if uncertainty_threshold is not None and std is not None:
+            bad |= std > uncertainty_threshold
+        if check_collapse:
+            diff = cart[:, pair_i] - cart[:, pair_j]
+            collapsed = np.any(np.einsum("wpk,wpk->wp", diff, diff) < bound2, axis=1)
+            bad |= collapsed & (v < collapse_ceiling)
+        if bad.any():
+            reasons = _reasons(bad, v, v_min_au, threshold_au, std, uncertainty_threshold)
+            hole_store.add(cart[bad], (v[bad] - v_min_au) * HARTREE, step, reasons)
+            keep = ~bad
+            walkers, v = walkers[keep], v[keep]
+        log_w = np.minimum(-(v - e_ref) * timestep, MAX_LOG_WEIGHT)
+        copies = np.floor(np.exp(log_w) + rng.random(len(v))).astype(np.int64)
+        walkers, v = np.repeat(walkers, copies, axis=0), np.repeat(v, copies)
+        n = len(v)
+        if n == 0:
+            raise RuntimeError(f"DMC: all walkers died at step {step}; reduce the time step")
+        if n > max_population:
+            raise RuntimeError(
+                f"DMC: population exploded to {n} walkers at step {step} (target {nwalkers}); "
+                "reduce the time step or check the potential for holes"
+            )
+        mean_v = float(v.mean())
+        e_ref = mean_v - alpha_au * (n - nwalkers) / nwalkers
+        energy_trace[step] = e_ref
+        potential_trace[step] = mean_v
+        population[step] = n
+    wall = time.perf_counter() - start
+
+    production = energy_trace[eqsteps:]
+    holes = hole_store.arrays(len(numbers))
+    return DMCResult(
+        zpe=float((production.mean() - v_min_au) * HARTREE),
+        zpe_error=float(blocking_error(production) * HARTREE),
+        energy_trace=(energy_trace - v_min_au) * HARTREE,
+        population_trace=population,
+        potential_trace=(potential_trace - v_min_au) * HARTREE,
+        holes=holes[0],
+        hole_energies=holes[1],
+        hole_steps=holes[2],
+        hole_reasons=holes[3],
+        n_holes=hole_store.count,
+        walkers=walkers * BOHR,
+        numbers=numbers,
+        minimum_energy=v_min,
+        harmonic_zpe=harmonic_zpe,
+        settings={
+            "nwalkers": nwalkers,
+            "nsteps": nsteps,
+            "eqsteps": eqsteps,
+            "timestep": timestep,
+            "alpha": alpha_au,
+            "seed": seed,
+            "hole_threshold": hole_threshold,
+            "uncertainty_threshold": uncertainty_threshold,
+            "collapse_factor": collapse_factor,
+            "collapse_energy": collapse_energy,
+        },
+        wall_time=wall,
+    )
+
+
+def _check_settings(
+    nwalkers: int,
+    nsteps: int,
+    eqsteps: int,
+    timestep: float,
+    alpha: float | None,
+    max_holes: int,
+    batch_size: int | None,
+) -> None:
+    if int(nwalkers) != nwalkers or nwalkers < 1:
+        raise ValueError(f"nwalkers must be a positive integer, got {nwalkers}")
+    if int(nsteps) != nsteps or nsteps < 1:
+        raise ValueError(f"nsteps must be a positive integer, got {nsteps}")
+    if int(eqsteps) != eqsteps or not 0 <= eqsteps < nsteps:
+        raise ValueError(f"eqsteps must be an integer in [0, nsteps={nsteps}), got {eqsteps}")
+    if not (np.isfinite(timestep) and timestep > 0):
+        raise ValueError(f"timestep must be positive (au of time), got {timestep}")
+    if alpha is not None and not alpha > 0:
+        raise ValueError(f"alpha must be positive (Eh), got {alpha}")
+    if max_holes < 0:
+        raise ValueError(f"max_holes must be >= 0, got {max_holes}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+
+
+def _energy_function(
+    potential: Potential, batch_size: int | None
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]:
+    """Energies (B,) eV and optional std (B,) eV, through ``potential.energies`` when it exists."""
+    energies_fn = getattr(potential, "energies", None)
+    if callable(energies_fn):
+
+        def call(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            size = batch_size or len(positions)
+            outs = [energies_fn(positions[i : i + size]) for i in range(0, len(positions), size)]
+            if isinstance(outs[0], tuple):
+                return (
+                    np.concatenate([np.asarray(o[0], dtype=float).reshape(-1) for o in outs]),
+                    np.concatenate([np.asarray(o[1], dtype=float).reshape(-1) for o in outs]),
+                )
+            return np.concatenate([np.asarray(o, dtype=float).reshape(-1) for o in outs]), None
+
+        return call
+
+    def call_full(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        energies, _, std = evaluate(potential, positions, batch_size)
+        return energies, std
+
+    return call_full
+
+
+def _reasons(
+    bad: np.ndarray,
+    v: np.ndarray,
+    v_min: float,
+    threshold: float | None,
+    std: np.ndarray | None,
+    std_threshold: float | None,
+) -> np.ndarray:
+    reasons = np.full(len(v), "collapse", dtype=object)
+    if std is not None and std_threshold is not None:
+        reasons[std > std_threshold] = "uncertainty"
+    if threshold is not None:
+        reasons[v < v_min - threshold] = "energy"
+    return reasons[bad]
+
+
+class _HoleStore:
+    """Keeps at most ``limit`` holes (first found first kept) and counts all of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.stored = 0
+
+    def add(self, positions: np.ndarray, energies: np.ndarray, step: int, reasons: np.ndarray) -> None:
+        self.count += len(positions)
+        room = self.limit - self.stored
+        if room <= 0:
+            return
+        take = slice(0, room)
+        self.parts.append(
+            (positions[take].copy(), energies[take], np.full(len(energies[take]), step), reasons[take])
+        )
+        self.stored += len(energies[take])
+
+    def arrays(self, n_atoms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if not self.parts:
+            return np.zeros((0, n_atoms, 3)), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=str)
+        return (
+            np.concatenate([p[0] for p in self.parts]),
+            np.concatenate([p[1] for p in self.parts]),
+            np.concatenate([p[2] for p in self.parts]).astype(np.int64),
+            np.concatenate([p[3] for p in self.parts]).astype(str),
+        )

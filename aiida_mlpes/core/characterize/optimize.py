@@ -1,0 +1,181 @@
+"""Geometry optimisation on a Potential: minima with ASE optimizers, transition states with P-RFO.
+
+Minima use any optimizer in :mod:`ase.optimize` through :class:`PotentialCalculator`, an ASE calculator
+wrapping a Potential. ASE has no generic saddle-point optimizer that needs no tuning: its dimer method
+(:mod:`ase.mep.dimer`) works from forces only and needs many sequential single points and mode-rotation
+settings, and ``ase.optimize.RFO`` minimises. For molecules, where a Hessian costs one batched potential
+call (6N geometries), Baker's partitioned rational-function optimisation (P-RFO, J. Comput. Chem. 7, 385
+(1986)) with the exact Hessian at every step converges in a handful of steps, so :func:`optimize_ts`
+implements that (maximise along one mode, minimise along the rest, trust radius).
+
+Units: eV, Angstrom, amu.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from ase import Atoms
+from ase import optimize as ase_optimize
+from ase.calculators.calculator import Calculator, all_changes
+
+from aiida_mlpes.core.characterize._common import evaluate, validate_system
+from aiida_mlpes.core.characterize.frequencies import (
+    DEFAULT_STEP,
+    NormalModes,
+    compute_hessian,
+    external_basis,
+    is_translation_invariant,
+    modes_from_hessian,
+)
+from aiida_mlpes.core.potential import Potential
+
+
+class PotentialCalculator(Calculator):
+    """An ASE calculator (energy, forces) backed by a batched Potential (batch of one)."""
+
+    implemented_properties = ("energy", "forces")
+
+    def __init__(self, potential: Potential, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.potential = potential
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:  # type: ignore[override]
+        super().calculate(atoms, properties, system_changes)
+        energies, forces, _ = evaluate(self.potential, self.atoms.positions[None])
+        self.results = {"energy": float(energies[0]), "forces": forces[0]}
+
+
+@dataclass
+class OptimizationResult:
+    """Optimised structure: ``positions`` (N, 3) Angstrom, ``energy`` eV, ``max_force`` eV/Angstrom
+    (largest atomic force), ``steps`` taken and whether ``fmax`` was reached; ``modes`` holds the
+    harmonic analysis at the end for transition-state searches."""
+
+    positions: np.ndarray
+    energy: float
+    max_force: float
+    steps: int
+    converged: bool
+    modes: NormalModes | None = None
+
+
+def optimize_minimum(
+    potential: Potential,
+    numbers: Sequence[int] | np.ndarray,
+    positions: np.ndarray,
+    fmax: float = 1e-3,
+    steps: int = 1000,
+    optimizer: str = "BFGS",
+    **optimizer_options: object,
+) -> OptimizationResult:
+    """Relax ``positions`` (Angstrom) to the nearest minimum with an ASE optimizer (by class name,
+    e.g. ``"BFGS"``, ``"LBFGS"``, ``"FIRE"``) until the largest atomic force is below ``fmax`` eV/Angstrom."""
+    numbers, positions, _ = validate_system(numbers, positions)
+    if not fmax > 0:
+        raise ValueError(f"fmax must be positive, got {fmax}")
+    cls = getattr(ase_optimize, optimizer, None)
+    if not isinstance(cls, type):
+        raise ValueError(
+            f"unknown ASE optimizer {optimizer!r} (see ase.optimize, e.g. 'BFGS', 'LBFGS', 'FIRE')"
+        )
+    atoms = Atoms(numbers=numbers, positions=positions)
+    atoms.calc = PotentialCalculator(potential)
+    opt = cls(atoms, logfile=None, **optimizer_options)
+    converged = bool(opt.run(fmax=fmax, steps=steps))
+    forces = atoms.get_forces()
+    return OptimizationResult(
+        positions=atoms.positions.copy(),
+        energy=float(atoms.get_potential_energy()),
+        max_force=float(np.linalg.norm(forces, axis=1).max()),
+        steps=int(opt.nsteps),
+        converged=converged,
+    )
+
+
+def optimize_ts(
+    potential: Potential,
+    numbers: Sequence[int] | np.ndarray,
+    positions: np.ndarray,
+    masses: Sequence[float] | np.ndarray | None = None,
+    fmax: float = 1e-3,
+    steps: int = 100,
+    trust_radius: float = 0.1,
+    mode: int = 0,
+    method: Literal["finite_difference", "autograd"] = "finite_difference",
+    step: float = DEFAULT_STEP,
+) -> OptimizationResult:
+    """Find a first-order saddle point near ``positions`` (Angstrom) by P-RFO with the exact Hessian.
+
+    Follows Hessian eigenvector ``mode`` (0 = lowest) at the start, then the eigenvector with the
+    largest overlap with the previous one. ``trust_radius`` caps the step (Angstrom). Translations and
+    rotations are projected out when the potential is translation invariant. The result's ``modes`` are
+    the harmonic analysis at the final geometry.
+    """
+    numbers, x, masses = validate_system(numbers, positions, masses)
+    if not fmax > 0 or not trust_radius > 0:
+        raise ValueError("fmax and trust_radius must be positive")
+    n = len(x)
+    followed: np.ndarray | None = None
+    converged = False
+    taken = 0
+    for taken in range(steps + 1):
+        energies, forces, _ = evaluate(potential, x[None])
+        gradient = -forces[0].reshape(-1)
+        hessian = compute_hessian(potential, x, method, step)
+        max_force = float(np.linalg.norm(forces[0], axis=1).max())
+        if max_force < fmax:
+            converged = True
+            break
+        if taken == steps:
+            break
+        if n > 1 and is_translation_invariant(hessian):
+            external, _ = external_basis(x, np.ones(n))
+            u, _, _ = np.linalg.svd(external, full_matrices=True)
+            basis = u[:, external.shape[1] :]
+        else:
+            basis = np.eye(3 * n)
+        b, v = np.linalg.eigh(basis.T @ hessian @ basis)
+        v = basis @ v
+        if followed is None:
+            if not 0 <= mode < len(b):
+                raise ValueError(f"mode must be in [0, {len(b)}), got {mode}")
+            k = mode
+        else:
+            k = int(np.argmax(np.abs(v.T @ followed)))
+        followed = v[:, k]
+        g = v.T @ gradient
+        dx = _prfo_step(b, g, k) @ v.T
+        length = np.linalg.norm(dx)
+        if length > trust_radius:
+            dx *= trust_radius / length
+        x = x + dx.reshape(n, 3)
+    modes = modes_from_hessian(hessian, x, masses, project="auto")
+    return OptimizationResult(
+        positions=x,
+        energy=float(energies[0]),
+        max_force=max_force,
+        steps=taken,
+        converged=converged,
+        modes=modes,
+    )
+
+
+def _prfo_step(b: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
+    """P-RFO step in the eigenbasis: maximise along mode ``k``, minimise along the others."""
+    lam_p = 0.5 * b[k] + np.sqrt(0.25 * b[k] ** 2 + g[k] ** 2)
+    others = np.delete(np.arange(len(b)), k)
+    bo, go = b[others], g[others]
+    augmented = np.zeros((len(bo) + 1, len(bo) + 1))
+    augmented[np.arange(len(bo)), np.arange(len(bo))] = bo
+    augmented[-1, :-1] = go
+    augmented[:-1, -1] = go
+    lam_n = float(np.linalg.eigvalsh(augmented)[0])
+    h = np.zeros_like(g)
+    h[k] = -g[k] / (b[k] - lam_p) if abs(b[k] - lam_p) > 1e-12 else 0.0
+    denominator = bo - lam_n
+    h[others] = -go / np.where(np.abs(denominator) > 1e-12, denominator, np.inf)
+    return h
