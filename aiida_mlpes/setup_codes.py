@@ -63,11 +63,14 @@ def ensure_codes(computer_label: str = "localhost", xtb_path: str | None = None)
     computer = ensure_computer(computer_label)
     yield f"computer {computer.label}: {computer.transport_type}/{computer.scheduler_type}"
     xtb = xtb_path or shutil.which("xtb")
+    xtb = xtb and str(Path(xtb).absolute())
     if xtb is None:
         yield "xtb not found on PATH: code xtb not created (install it: apt-get install xtb)"
     else:
         yield _ensure_code(XTB_LABEL, computer, xtb, "mlpes.xtb", "GFN-xTB (Debian package)")
-    runner = shutil.which("aiida-mlpes-run") or str(Path(sys.executable).with_name("aiida-mlpes-run"))
+    runner = str(
+        Path(shutil.which("aiida-mlpes-run") or Path(sys.executable).with_name("aiida-mlpes-run")).absolute()
+    )
     yield _ensure_code(
         RUNNER_LABEL, computer, runner, None, "aiida-mlpes task runner (sample/train/test/characterize)"
     )
