@@ -5,7 +5,9 @@ Settings look like ``{"calculator": "tblite", "method": "GFN2-xTB"}`` or
 ``{"calculator": "pyscf", "method": "PBE", "basis": "def2-svp"}``; every key except ``calculator`` is
 passed to the calculator's constructor and must be a JSON scalar or list.
 A failing structure does not stop the batch: it is reported with a category from
-:mod:`aiida_mlpes.core.reference.common`.
+:mod:`aiida_mlpes.core.reference.common`. Each structure gets a fresh calculator so labels do not depend
+on the order of the batch (tblite, for one, restarts from the previous wavefunction and converges to
+slightly different forces); ``"reuse_calculator": true`` trades that for speed.
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def label_arrays(
     ``on_result(index, record)`` is called after every structure (record: ``status`` and, when ok,
     ``energy``, ``forces``, ``dipole``, ``charges``), e.g. to write progress that survives a walltime kill.
     """
+    settings = dict(settings)
+    reuse = bool(settings.pop("reuse_calculator", False))
     calc = make_calculator(settings, charge, multiplicity)
     indices = list(range(len(arrays)) if indices is None else indices)
     images: list[Atoms] = []
@@ -122,6 +126,8 @@ def label_arrays(
         sl = arrays.atom_slice(i)
         atoms = Atoms(numbers=arrays.atomic_numbers[sl], positions=arrays.positions[sl])
         atoms.info.update(charge=int(charge), multiplicity=int(multiplicity))
+        if not reuse and (images or failures):
+            calc = make_calculator(settings, charge, multiplicity)
         atoms.calc = calc
         try:
             energy = float(atoms.get_potential_energy())

@@ -27,7 +27,8 @@ class PySCFCalculator(Calculator):
     Parameters (all optional): ``method`` ("PBE", "B3LYP", "HF", "MP2" ...), ``basis`` ("def2-svp"),
     ``charge``, ``multiplicity``, ``conv_tol`` (Eh), ``max_cycle``, ``grid_level`` (DFT grids 0-9),
     ``density_fit`` (RI-J with the default auxiliary basis), ``level_shift`` (Eh), ``damping`` (0-1),
-    ``reuse_density`` (start each SCF from the last converged density of the same molecule).
+    ``reuse_density`` (start each SCF from the last converged density of the same molecule: faster for
+    nearby geometries, but results then depend on the order within ``conv_tol``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "dipole", "charges"]
@@ -42,7 +43,7 @@ class PySCFCalculator(Calculator):
         "density_fit": False,
         "level_shift": 0.0,
         "damping": 0.0,
-        "reuse_density": True,
+        "reuse_density": False,
     }
 
     def __init__(self, **kwargs) -> None:
