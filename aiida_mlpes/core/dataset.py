@@ -42,6 +42,7 @@ SCHEMA_VERSION = 1
 HASH_DECIMALS = 6
 OPTIONAL_FIELDS = (*PER_CONFORMATION, *PER_ATOM)
 _STR = h5py.string_dtype("utf-8")
+_HASH = np.dtype("S32")
 _CHUNK_ROWS = 4096
 
 
@@ -50,15 +51,26 @@ class DatasetError(ValueError):
 
 
 def conformation_hashes(arrays: RaggedArrays, decimals: int = HASH_DECIMALS) -> np.ndarray:
-    """Hash of atomic numbers and positions rounded to ``decimals`` Angstrom, one hex string per conformation."""
+    """Hash of atomic numbers and positions rounded to ``decimals`` Angstrom, one hex string per conformation.
+
+    Conformations of equal size are hashed from one contiguous byte matrix, which keeps the per-conformation
+    Python work to a single digest call.
+    """
     rounded = np.round(arrays.positions, decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
     numbers = arrays.atomic_numbers.astype(np.int16)
     out = np.empty(len(arrays), dtype=object)
-    for i in range(len(arrays)):
-        sl = arrays.atom_slice(i)
-        digest = hashlib.blake2b(numbers[sl].tobytes(), digest_size=16)
-        digest.update(rounded[sl].tobytes())
-        out[i] = digest.hexdigest()
+    for size in np.unique(arrays.n_atoms):
+        members = np.flatnonzero(arrays.n_atoms == size)
+        atoms = arrays.atom_indices(members)
+        block = np.concatenate(
+            [
+                numbers[atoms].reshape(len(members), -1).view(np.uint8),
+                rounded[atoms].reshape(len(members), -1).view(np.uint8),
+            ],
+            axis=1,
+        )
+        for i, row in zip(members, block, strict=True):
+            out[i] = hashlib.blake2b(row.tobytes(), digest_size=16).hexdigest()
     return out
 
 
@@ -166,7 +178,6 @@ class DatasetWriter:
             maxshape=(None, *trailing),
             dtype=dtype,
             chunks=(_CHUNK_ROWS, *trailing),
-            compression="lzf" if dtype is not _STR else None,
         )
 
     def append(self, arrays: RaggedArrays, name: str = "<memory>") -> int:
@@ -186,7 +197,7 @@ class DatasetWriter:
                 trailing = PER_CONFORMATION.get(f, PER_ATOM.get(f))
                 self._create(f, trailing, np.float64)
             self._create("source", (), _STR)
-            self._create("hash", (), _STR)
+            self._create("hash", (), _HASH)
         elif present != self._fields and len(arrays):
             missing, extra = sorted(self._fields - present), sorted(present - self._fields)
             raise DatasetError(
@@ -203,7 +214,11 @@ class DatasetWriter:
             ds = self._file[key]
             start = ds.shape[0]
             ds.resize(start + len(value), axis=0)
-            ds[start:] = value.astype(object) if ds.dtype == _STR else value
+            if key == "hash":
+                value = np.asarray(value, dtype=_HASH)
+            elif key == "source":
+                value = np.asarray(value, dtype=object)
+            ds[start:] = value
         return int(self._file["n_atoms"].shape[0])
 
 
@@ -292,7 +307,7 @@ class Dataset:
             "atomic_numbers": h5["atomic_numbers"][:],
             "positions": h5["positions"][:],
             "source": h5["source"].asstr()[:].astype(object),
-            "hash": h5["hash"].asstr()[:].astype(object),
+            "hash": h5["hash"][:].astype(str).astype(object),
         }
         for f in self.fields:
             kwargs[f] = h5[f][:]
@@ -330,9 +345,7 @@ class Dataset:
 
     def split(self, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> dict[str, np.ndarray]:
         """Reproducible train/valid/test indices; see :func:`split_indices`."""
-        return split_indices(
-            self._h5["hash"].asstr()[:] if len(self) else np.zeros(0, object), fractions, seed
-        )
+        return split_indices(self._h5["hash"][:] if len(self) else np.zeros(0, object), fractions, seed)
 
 
 def split_indices(
@@ -346,10 +359,10 @@ def split_indices(
     fractions = np.asarray(fractions, dtype=float)
     if fractions.shape != (3,) or np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
-    hashes = np.asarray(hashes, dtype=object)
+    hashes = np.asarray(hashes)
     if len(hashes) == 0:
         raise DatasetError("cannot split an empty dataset")
-    unique, inverse, counts = np.unique(hashes.astype(str), return_inverse=True, return_counts=True)
+    unique, inverse, counts = np.unique(hashes.astype("S"), return_inverse=True, return_counts=True)
     order = np.random.default_rng(seed).permutation(len(unique))
     cumulative = np.cumsum(counts[order])
     bounds = np.round(np.cumsum(fractions)[:2] * len(hashes))
@@ -417,7 +430,7 @@ def merge_files(
                     f"{p}: fields {sorted(f)} differ from the common fields {sorted(fields)}; merging would drop "
                     "some; pass allow_mixed_levels=True to accept that"
                 )
-    seen: set[str] = set()
+    seen = np.zeros(0, dtype=_HASH)
     stats = {"read": 0, "written": 0, "duplicates": 0}
     with DatasetWriter(
         output, level_of_theory=" + ".join(lvl for lvl in levels if lvl), overwrite=overwrite
@@ -427,11 +440,11 @@ def merge_files(
             stats["read"] += len(arrays)
             keep = np.ones(len(arrays), dtype=bool)
             if deduplicate:
-                for i, h in enumerate(arrays.hash):
-                    if h in seen:
-                        keep[i] = False
-                    else:
-                        seen.add(h)
+                hashes = np.asarray(arrays.hash, dtype=_HASH)
+                first = np.zeros(len(arrays), dtype=bool)
+                first[np.unique(hashes, return_index=True)[1]] = True  # first copy within this file
+                keep = first & ~np.isin(hashes, seen)
+                seen = np.union1d(seen, hashes)
             for f in set(OPTIONAL_FIELDS) - fields:
                 setattr(arrays, f, None)
             if keep.any():

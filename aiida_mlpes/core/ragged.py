@@ -65,14 +65,18 @@ class RaggedArrays:
         """Slice into per-atom arrays for conformation ``index``."""
         return slice(int(self.offsets[index]), int(self.offsets[index + 1]))
 
+    def atom_indices(self, indices: np.ndarray) -> np.ndarray:
+        """Indices into per-atom arrays of the atoms of conformations ``indices``, in order (vectorised)."""
+        lengths = self.n_atoms[indices]
+        starts = self.offsets[indices]
+        # position of each selected atom = its conformation's start + its rank within the conformation
+        first_of_block = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        return np.repeat(starts - first_of_block, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+
     def select(self, indices: Sequence[int] | np.ndarray) -> RaggedArrays:
         """A new RaggedArrays holding the conformations ``indices`` (in that order)."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        atom_index = (
-            np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in indices])
-            if len(indices)
-            else np.zeros(0, dtype=np.int64)
-        )
+        atom_index = self.atom_indices(indices)
         kwargs = {}
         for f in fields(self):
             if not f.init:
