@@ -1,0 +1,188 @@
+"""Training speed and accuracy on NH3 GFN2-xTB data, beside Asparagus's figures (shared/REFERENCE_NUMBERS.md).
+
+Data: the 540 NH3 geometries of Asparagus's normal-mode-sampling test database
+(``/work/shared/realdata/datasets/nms_nh3.db``, Asparagus's own sampler), 100 of them picked with a fixed seed
+and relabelled with GFN2-xTB through tblite (energy, forces, dipole, atomic charges). ``--source random`` uses
+random Gaussian displacements (0.06 Angstrom) around the tblite minimum instead. The labelled set is cached
+in ``--data`` (HDF5). Split 80/10/10 (``split_indices``, seed 0), batch 32.
+
+Prints: seconds per epoch for PhysNet at Asparagus's default size (128 features, 64 radial functions,
+5 blocks) in float32 and float64, and for our default model; then the test MAE reached within a fixed wall
+time budget (default: a fifth of Asparagus's 300 epochs at 0.54 s/epoch = 32 s).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train.py [--budget 32] [--threads 1]
+
+Figures are noisy on a shared 2-core machine: run it when the machine is quiet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ASPARAGUS = {
+    "s_per_epoch": "0.42-0.84 (PhysNet, float64)",
+    "mae_300_epochs": {"energy": 0.0138, "forces": 0.115, "dipole": 0.032},
+    "wall_300_epochs_s": 300 * 0.54,
+}
+NMS_DB = Path("/work/shared/realdata/datasets/nms_nh3.db")
+
+
+def nh3_data(path: Path, source: str = "nms", n: int = 100, seed: int = 0):
+    """Load (or create and cache) 100 NH3 structures labelled with GFN2-xTB (tblite)."""
+    from aiida_mlpes.core.dataset import read_arrays, write_dataset
+
+    if path.exists():
+        return read_arrays(path)
+    from ase import Atoms
+    from tblite.ase import TBLite
+
+    from aiida_mlpes.core.ragged import RaggedArrays
+
+    rng = np.random.default_rng(seed)
+    numbers = np.array([7, 1, 1, 1])
+    if source == "nms":
+        with sqlite3.connect(NMS_DB) as db:
+            rows = db.execute("SELECT positions FROM systems ORDER BY id").fetchall()
+        geometries = [np.frombuffer(r[0], dtype=np.float32 if len(r[0]) == 48 else np.float64) for r in rows]
+        geometries = np.array(geometries, dtype=np.float64).reshape(-1, 4, 3)
+        geometries = geometries[np.sort(rng.choice(len(geometries), n, replace=False))]
+    else:
+        from ase.optimize import BFGS
+
+        atoms = Atoms(
+            numbers, positions=[[0, 0, 0.1], [0.94, 0, -0.25], [-0.47, 0.81, -0.25], [-0.47, -0.81, -0.25]]
+        )
+        atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+        BFGS(atoms, logfile=None).run(fmax=1e-4)
+        geometries = atoms.positions[None] + 0.06 * rng.normal(size=(n, 4, 3))
+    images = []
+    calc = TBLite(method="GFN2-xTB", verbosity=0)
+    for positions in geometries:
+        atoms = Atoms(numbers, positions=positions)
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        atoms.get_dipole_moment()
+        atoms.get_charges()
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        results = {k: np.copy(v) if isinstance(v, np.ndarray) else v for k, v in calc.results.items()}
+        atoms.calc = SinglePointCalculator(
+            atoms, **{k: results[k] for k in ("energy", "forces", "dipole", "charges")}
+        )
+        images.append(atoms)
+    arrays = RaggedArrays.from_atoms(images, source=f"import:benchmark-nh3-{source}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_dataset(path, arrays, level_of_theory="GFN2-xTB (tblite)")
+    return read_arrays(path)
+
+
+def time_epochs(arrays, split, model_config, epochs: int, threads: int | None) -> float:
+    """Median seconds per training epoch (validation epochs excluded) over ``epochs`` epochs."""
+    from aiida_mlpes.core.training import Trainer, TrainingConfig, read_curve
+
+    config = TrainingConfig(
+        max_epochs=epochs,
+        validation_interval=10**6,
+        checkpoint_interval=10**6,
+        progress_bar=False,
+        threads=threads,
+        device="cpu",
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        Trainer(model_config, config, tmp).fit(arrays, split["train"], split["valid"])
+        wall = np.array(read_curve(Path(tmp) / "learning_curve.csv")["wall_time_s"])
+    return float(np.median(np.diff(wall)))
+
+
+def train_budget(arrays, split, model_config, budget: float, threads: int | None, overrides: dict) -> dict:
+    """Train for ``budget`` seconds; return test metrics of the best model and the epochs run."""
+    from aiida_mlpes.core.evaluation import evaluate_model
+    from aiida_mlpes.core.models import load_model
+    from aiida_mlpes.core.training import Trainer, TrainingConfig
+
+    config = TrainingConfig(
+        max_epochs=100000,
+        wall_time_limit=budget,
+        progress_bar=False,
+        threads=threads,
+        device="cpu",
+        **overrides,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = Trainer(model_config, config, tmp).fit(arrays, split["train"], split["valid"])
+        wall = time.perf_counter() - start
+        model = load_model(result.best_model)
+        metrics = evaluate_model(model, arrays.select(split["test"]))["metrics"]
+    return {"epochs": result.epochs, "best_epoch": result.best_epoch, "wall_s": wall, "metrics": metrics}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=None, help="cache file (default: in the temp folder)")
+    parser.add_argument("--source", choices=("nms", "random"), default="nms")
+    parser.add_argument("--budget", type=float, default=ASPARAGUS["wall_300_epochs_s"] / 5)
+    parser.add_argument("--timing-epochs", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-budget", action="store_true")
+    args = parser.parse_args()
+
+    from aiida_mlpes.core.dataset import split_indices
+    from aiida_mlpes.core.models import ModelConfig
+
+    data = (
+        args.data or Path(tempfile.gettempdir()) / "aiida-mlpes-benchmarks" / f"nh3_gfn2_{args.source}_100.h5"
+    )
+    arrays = nh3_data(data, args.source)
+    split = split_indices(arrays.hash, seed=0)
+    energies = arrays.energy - arrays.energy.min()
+    print(
+        f"data: {len(arrays)} NH3, GFN2-xTB (tblite), source={args.source}, energies 0-{energies.max():.2f} eV "
+        f"above the lowest; split {[len(split[k]) for k in ('train', 'valid', 'test')]}; batch 32; "
+        f"threads {args.threads}"
+    )
+    asparagus_size = {"elements": [1, 7], "n_features": 128, "n_rbf": 64, "n_blocks": 5, "cutoff": 8.0}
+    models = {
+        "PhysNet 128/64/5 float32": ModelConfig(**asparagus_size),
+        "PhysNet 128/64/5 float64": ModelConfig(**asparagus_size, dtype="float64"),
+        "PhysNet default": ModelConfig(elements=[1, 7]),
+        "PaiNN 128/64/5 float32": ModelConfig(architecture="painn", **asparagus_size),
+    }
+    print(f"\n{'model':28s} {'s/epoch':>9s}  Asparagus {ASPARAGUS['s_per_epoch']} s/epoch")
+    for name, config in models.items():
+        seconds = time_epochs(arrays, split, config, args.timing_epochs, args.threads)
+        print(
+            f"{name:28s} {seconds:9.4f}  speed-up vs 0.42 / 0.54 s: {0.42 / seconds:.1f}x / {0.54 / seconds:.1f}x"
+        )
+    if args.skip_budget:
+        return
+    target = ASPARAGUS["mae_300_epochs"]
+    print(
+        f"\nwall-time budget {args.budget:.0f} s; Asparagus after 300 epochs ({ASPARAGUS['wall_300_epochs_s']:.0f} s): "
+        f"MAE E {target['energy'] * 1000:.1f} meV, F {target['forces']:.3f} eV/A, D {target['dipole']:.3f} eA"
+    )
+    runs = {
+        "PhysNet default, paper settings": (models["PhysNet default"], {}),
+    }
+    for name, (config, overrides) in runs.items():
+        out = train_budget(arrays, split, config, args.budget, args.threads, overrides)
+        m = out["metrics"]
+        line = f"{name:34s} epochs {out['epochs']:5d} (best {out['best_epoch']}) in {out['wall_s']:.0f} s: "
+        line += f"test MAE E {m['energy']['mae'] * 1000:.1f} meV, F {m['forces']['mae']:.3f} eV/A"
+        if "dipole" in m:
+            line += f", D {m['dipole']['mae']:.3f} eA"
+        print(line)
+        print(json.dumps({k: {kk: round(vv, 5) for kk, vv in v.items()} for k, v in m.items()}))
+
+
+if __name__ == "__main__":
+    main()
