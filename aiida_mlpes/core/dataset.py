@@ -194,7 +194,7 @@ class DatasetWriter:
             self._create("atomic_numbers", (), np.int16)
             self._create("positions", (3,), np.float64)
             for f in present:
-                trailing = PER_CONFORMATION.get(f, PER_ATOM.get(f))
+                trailing = PER_CONFORMATION[f] if f in PER_CONFORMATION else PER_ATOM[f]
                 self._create(f, trailing, np.float64)
             self._create("source", (), _STR)
             self._create("hash", (), _HASH)
@@ -206,8 +206,8 @@ class DatasetWriter:
         hashes = arrays.hash
         if hashes is None or any(h == "" for h in hashes):
             hashes = conformation_hashes(arrays)
-        per_atom = {"atomic_numbers": arrays.atomic_numbers, "positions": arrays.positions}
-        per_conf = {"n_atoms": arrays.n_atoms, "source": arrays.source, "hash": hashes}
+        per_atom: dict[str, Any] = {"atomic_numbers": arrays.atomic_numbers, "positions": arrays.positions}
+        per_conf: dict[str, Any] = {"n_atoms": arrays.n_atoms, "source": arrays.source, "hash": hashes}
         for f in self._fields:
             (per_atom if f in PER_ATOM else per_conf)[f] = getattr(arrays, f)
         for key, value in {**per_atom, **per_conf}.items():
@@ -356,8 +356,8 @@ def split_indices(
     Groups of equal hashes are shuffled with ``seed`` and dealt out until each split holds its fraction of
     the conformations. Returns sorted index arrays under "train", "valid", "test".
     """
-    fractions = np.asarray(fractions, dtype=float)
-    if fractions.shape != (3,) or np.any(fractions < 0) or not np.isclose(fractions.sum(), 1.0):
+    parts = np.asarray(fractions, dtype=float)
+    if parts.shape != (3,) or np.any(parts < 0) or not np.isclose(parts.sum(), 1.0):
         raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
     hashes = np.asarray(hashes)
     if len(hashes) == 0:
@@ -365,7 +365,7 @@ def split_indices(
     unique, inverse, counts = np.unique(hashes.astype("S"), return_inverse=True, return_counts=True)
     order = np.random.default_rng(seed).permutation(len(unique))
     cumulative = np.cumsum(counts[order])
-    bounds = np.round(np.cumsum(fractions)[:2] * len(hashes))
+    bounds = np.round(np.cumsum(parts)[:2] * len(hashes))
     group_split = np.empty(len(unique), dtype=np.int64)
     group_split[order] = np.searchsorted(bounds, cumulative - counts[order], side="right")
     names = ("train", "valid", "test")
@@ -445,8 +445,8 @@ def merge_files(
                 first[np.unique(hashes, return_index=True)[1]] = True  # first copy within this file
                 keep = first & ~np.isin(hashes, seen)
                 seen = np.union1d(seen, hashes)
-            for f in set(OPTIONAL_FIELDS) - fields:
-                setattr(arrays, f, None)
+            for dropped in set(OPTIONAL_FIELDS) - fields:
+                setattr(arrays, dropped, None)
             if keep.any():
                 w.append(arrays.select(np.flatnonzero(keep)), name=str(p))
             stats["written"] += int(keep.sum())

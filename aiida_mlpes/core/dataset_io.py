@@ -255,7 +255,7 @@ def export_file(
                     data = {} if arrays.charge is None else {"charge": float(arrays.charge[i])}
                     db.write(arrays.to_atoms(i), source=str(arrays.source[i]), data=data)
         elif fmt == "npz":
-            out = {
+            out: dict[str, Any] = {
                 "n_atoms": arrays.n_atoms,
                 "atomic_numbers": arrays.atomic_numbers,
                 "positions": arrays.positions,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -36,8 +37,8 @@ class RaggedArrays:
     dipole: np.ndarray | None = None
     charge: np.ndarray | None = None
     atomic_charges: np.ndarray | None = None
-    source: np.ndarray | None = None
-    hash: np.ndarray | None = None
+    source: Any = None  # (M,) object array of str after __post_init__
+    hash: Any = None  # (M,) object array of str after __post_init__
     offsets: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,7 +98,7 @@ class RaggedArrays:
 
         sl = self.atom_slice(index)
         atoms = Atoms(numbers=self.atomic_numbers[sl], positions=self.positions[sl])
-        results = {}
+        results: dict[str, Any] = {}
         if self.energy is not None:
             results["energy"] = float(self.energy[index])
         if self.forces is not None:
@@ -152,7 +153,7 @@ class RaggedArrays:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)))
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         for f in fields(cls):
             if not f.init:
                 continue
