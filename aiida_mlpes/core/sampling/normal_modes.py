@@ -1,0 +1,231 @@
+"""Normal-mode sampling (Asparagus paper, eqs. 1-2) and the harmonic analysis shared with the scan.
+
+Around a reference structure x_eq with normal modes q_i (unit Cartesian vectors) and force constants
+k_i (eV/Angstrom^2), each sample is
+
+    x = x_eq + sum_i f_i q_i,   f_i = +-sqrt(3 c_i kB T / k_i),   c_i ~ U[0, 1], sign ~ Bernoulli(1/2),
+
+so each selected mode carries the harmonic energy 0.5 k_i f_i^2 = 1.5 c_i kB T, uniform on [0, 1.5 kB T]
+(mean 0.75 kB T). Imaginary modes use |k_i|. The modes come from
+:func:`aiida_mlpes.core.characterize.frequencies.normal_modes`: a central-difference Hessian of the driver
+(all 6N displaced structures in one batch), mass-weighted, translations and rotations projected out.
+Units: K, eV, Angstrom, amu, cm^-1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+
+from aiida_mlpes.core.characterize.frequencies import DEFAULT_STEP, NormalModes, normal_modes
+from aiida_mlpes.core.characterize.optimize import optimize_minimum
+from aiida_mlpes.core.sampling._common import (
+    Progress,
+    as_systems,
+    check_frequency_range,
+    check_int,
+    check_real,
+    random_streams,
+)
+from aiida_mlpes.core.sampling.drivers import MonitoredCalculator
+from aiida_mlpes.core.sampling.results import DriverError, SampleCollector, SampleResult
+from aiida_mlpes.core.units import KB
+
+#: Structures per driver batch (the ML driver evaluates a batch in one call).
+BATCH_SIZE = 64
+#: Default frequency window (cm^-1): real modes only, numerically zero ones excluded.
+DEFAULT_FREQUENCY_RANGE = (10.0, None)
+
+
+class DriverPotential:
+    """A batched Potential over a monitored driver, for the atoms (numbers, charge) of ``template``."""
+
+    def __init__(self, monitor: MonitoredCalculator, template: Atoms) -> None:
+        self.monitor, self.template = monitor, template
+
+    def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        results = self.monitor.evaluate_many(
+            self.template, np.asarray(positions).reshape(-1, len(self.template), 3)
+        )
+        return np.array([r["energy"] for r in results]), np.stack([r["forces"] for r in results])
+
+
+@dataclass
+class Reference:
+    """The structure the modes belong to: ``positions`` (N, 3), driver ``results`` there, ``modes`` and the
+    indices ``selected`` by the frequency range."""
+
+    positions: np.ndarray
+    results: dict[str, Any]
+    modes: NormalModes
+    selected: np.ndarray
+
+
+def prepare_reference(
+    index: int,
+    atoms: Atoms,
+    monitor: MonitoredCalculator,
+    collector: SampleCollector,
+    *,
+    frequency_range: tuple[float, float],
+    step: float,
+    optimize: bool,
+    fmax: float,
+) -> Reference:
+    """Optionally relax ``atoms``, compute its normal modes and select those in ``frequency_range``.
+
+    Raises ValueError naming the system when no mode lies in the range.
+    """
+    monitor.restart()
+    potential = DriverPotential(monitor, atoms)
+    collector.system, collector.step = index, 0
+    if optimize:
+        opt = optimize_minimum(potential, atoms.numbers, atoms.positions, fmax=fmax)
+        atoms.positions = opt.positions
+        collector.systems[index].update(optimized=True, optimization_converged=opt.converged)
+    results = monitor.evaluate(atoms)
+    modes = normal_modes(potential, atoms.numbers, atoms.positions, masses=atoms.get_masses(), step=step)
+    low, high = frequency_range
+    selected = np.flatnonzero((modes.frequencies >= low) & (modes.frequencies <= high))
+    if len(selected) == 0:
+        freqs = ", ".join(f"{f:.1f}" for f in modes.frequencies)
+        raise ValueError(
+            f"frequency_range ({low:g}, {high:g}) cm^-1 selects none of the {len(modes.frequencies)} normal "
+            f"modes of system {index} (frequencies: {freqs} cm^-1; imaginary ones negative)"
+        )
+    collector.systems[index].update(
+        frequencies=modes.frequencies,
+        force_constants=modes.force_constants,
+        selected_modes=selected,
+        reference_energy=results["energy"],
+    )
+    return Reference(atoms.positions.copy(), results, modes, selected)
+
+
+def check_mode_settings(frequency_range: Any, step: float, fmax: float) -> dict[str, Any]:
+    """Validated settings of the harmonic analysis."""
+    return {
+        "frequency_range": check_frequency_range(frequency_range),
+        "step": check_real("step", step),
+        "fmax": check_real("fmax", fmax),
+    }
+
+
+def check_sampling_settings(
+    n_samples: int, temperature: float | None, energy: float | None
+) -> dict[str, Any]:
+    """Validated normal-mode sampling settings; exactly one of ``temperature`` and ``energy``."""
+    if (temperature is None) == (energy is None):
+        raise ValueError("give exactly one of temperature (K) and energy (eV, replaces kB*T in eq. 2)")
+    kt = KB * check_real("temperature", temperature) if energy is None else check_real("energy", energy)
+    return {"n_samples": check_int("n_samples", n_samples), "kT": kt}
+
+
+def normal_mode_sampling(
+    systems: Atoms | Sequence[Atoms],
+    driver: Calculator,
+    *,
+    n_samples: int,
+    temperature: float | None = None,
+    energy: float | None = None,
+    frequency_range: Sequence[float | None] | None = DEFAULT_FREQUENCY_RANGE,
+    step: float = DEFAULT_STEP,
+    optimize: bool = False,
+    fmax: float = 0.01,
+    seed: int | None = None,
+) -> SampleResult:
+    """Random displacements along the normal modes of each system (paper eqs. 1-2).
+
+    Args:
+        systems: one or several ASE Atoms, each the reference (ideally a minimum) of its own samples.
+        driver: ASE calculator (energy and forces, for the Hessian).
+        n_samples: samples per system.
+        temperature: K; or ``energy`` in eV, used in place of kB*T in eq. 2.
+        frequency_range: (low, high) cm^-1, None for no bound; only modes inside are displaced.
+            Imaginary frequencies are negative: the default (10, None) leaves them and zero modes out.
+        step: finite-difference step of the Hessian, Angstrom.
+        optimize: relax each system with BFGS to ``fmax`` (eV/Angstrom) first.
+        seed: makes the samples reproducible; drawn and recorded in ``info["seed"]`` when None.
+
+    ``sample_data["harmonic_energy"]`` is the harmonic energy of each displacement (eV above the
+    reference); ``systems[i]`` holds frequencies, force constants and the selected modes.
+    """
+    s = {
+        **check_sampling_settings(n_samples, temperature, energy),
+        **check_mode_settings(frequency_range, step, fmax),
+        "optimize": bool(optimize),
+    }
+    systems = as_systems(systems)
+    seed, rngs = random_streams(seed, len(systems))
+    monitor = MonitoredCalculator(driver)
+    collector = SampleCollector("normal_mode_sampling", len(systems), seed, monitor, s)
+    collector.unit = "sample"
+    with collector.guard():
+        for index, (atoms, rng) in enumerate(zip(systems, rngs, strict=True)):
+            ref = prepare_reference(
+                index,
+                atoms,
+                monitor,
+                collector,
+                frequency_range=s["frequency_range"],
+                step=s["step"],
+                optimize=s["optimize"],
+                fmax=s["fmax"],
+            )
+            positions, harmonic = displacements(ref, s["n_samples"], s["kT"], rng)
+            evaluate_and_collect(index, atoms, positions, monitor, collector, harmonic_energy=harmonic)
+    return collector.result()
+
+
+def displacements(
+    ref: Reference, n_samples: int, kt: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sampled positions (n_samples, N, 3) by eqs. 1-2 and their harmonic energies (n_samples,) in eV."""
+    k = np.abs(ref.modes.force_constants[ref.selected])
+    q = ref.modes.modes[ref.selected]
+    c = rng.random((n_samples, len(k)))
+    sign = np.where(rng.random((n_samples, len(k))) < 0.5, -1.0, 1.0)
+    f = sign * np.sqrt(3.0 * c * kt / k)
+    positions = ref.positions + np.einsum("bk,kna->bna", f, q)
+    return positions, 0.5 * (k * f**2).sum(axis=1)
+
+
+def evaluate_and_collect(
+    index: int,
+    atoms: Atoms,
+    positions: np.ndarray,
+    monitor: MonitoredCalculator,
+    collector: SampleCollector,
+    **per_sample: np.ndarray,
+) -> None:
+    """Evaluate ``positions`` in batches and keep every structure as a sample (with ``per_sample`` extras);
+    on a driver failure the structures finished before it are kept too."""
+    progress = Progress(f"{collector.sampler} system {index}", len(positions), unit="samples")
+    numbers = atoms.numbers.copy()
+
+    def keep(start: int, results: list[dict[str, Any]]) -> None:
+        for j, res in enumerate(results):
+            i = start + j
+            collector.add_sample(
+                index, numbers, positions[i], res, **{k: v[i] for k, v in per_sample.items()}
+            )
+            collector.add_step(index, res["energy"])
+
+    try:
+        for start in range(0, len(positions), BATCH_SIZE):
+            collector.step = start + 1
+            try:
+                results = monitor.evaluate_many(atoms, positions[start : start + BATCH_SIZE])
+            except DriverError as exc:
+                keep(start, exc.completed)
+                collector.step = start + len(exc.completed) + 1
+                raise
+            keep(start, results)
+            progress.update(len(results))
+    finally:
+        progress.close()
