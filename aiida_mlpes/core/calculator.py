@@ -1,0 +1,236 @@
+"""ASE calculator and batched Potential for trained PhysNet/PaiNN models (single models and ensembles).
+
+- :class:`MLPESCalculator`: ASE calculator with ``energy``, ``forces``, ``dipole`` and ``charges``; with an
+  ensemble (a list of models) it returns committee means plus ``energy_std`` (eV) and ``forces_std``
+  (eV/Angstrom, per atom and component) as extra results (query by committee).
+- :meth:`MLPESCalculator.as_potential` -> :class:`MLPotential`: the DESIGN.md Potential contract,
+  ``potential(positions (B, N, 3) Angstrom) -> (energies (B,) eV, forces (B, N, 3) eV/Angstrom)``, for one
+  fixed molecule. Species, pair list and batch indices are built once and cached per chunk size, so a call
+  costs the network and nothing else. ``potential.energies(positions)`` skips forces (about half the cost;
+  DMC needs no forces), ``potential.uncertainty(positions)`` gives the committee energy std (B,) eV, and
+  ``as_potential(..., return_std=True)`` makes calls return ``(energies, forces, energy_std)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from .models import AtomisticModel, load_model
+from .models.neighbors import all_pairs
+
+ModelLike = str | os.PathLike | AtomisticModel
+
+
+def load_models(
+    models: ModelLike | Sequence[ModelLike], device: str | torch.device = "cpu"
+) -> list[AtomisticModel]:
+    """One model, a path, or a list of them -> list of models in eval mode on ``device``."""
+    if isinstance(models, (str, os.PathLike, AtomisticModel)):
+        models = [models]
+    out = []
+    for item in models:
+        model = item if isinstance(item, AtomisticModel) else load_model(item, device=device)
+        out.append(model.to(device).eval())
+    if not out:
+        raise ValueError("no model given")
+    return out
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> cuda if available else cpu; otherwise ``torch.device(device)``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def committee_std(values: np.ndarray) -> np.ndarray:
+    """Standard deviation over axis 0 (committee members); exactly zero for identical members."""
+    return np.std(values - values[:1], axis=0)
+
+
+class MLPotential:
+    """Batched energies and forces of one fixed molecule from one model or a committee (eV, Angstrom).
+
+    Args:
+        models: list of models (a committee when more than one; results are committee means).
+        numbers: atomic numbers (N,); checked against every model's elements here, before any work.
+        charge: total charge in e.
+        chunk_size: structures evaluated per network call (bounds memory; larger batches are split).
+        return_std: if True, ``__call__`` returns ``(energies, forces, energy_std)``.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[AtomisticModel],
+        numbers: Sequence[int],
+        charge: float = 0.0,
+        chunk_size: int = 2048,
+        return_std: bool = False,
+    ) -> None:
+        self.models = list(models)
+        self.numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        if len(self.numbers) == 0:
+            raise ValueError("numbers is empty: a potential needs at least one atom")
+        self.n_atoms = len(self.numbers)
+        self.charge = float(charge)
+        self.chunk_size = int(chunk_size)
+        self.return_std = return_std
+        first = self.models[0]
+        self.device = first.element_energies.device
+        self.dtype = first.dtype
+        z = torch.as_tensor(self.numbers, device=self.device)
+        for model in self.models:
+            model.species(z)  # raises a ValueError naming unknown elements
+        self._cache: dict[int, dict[str, torch.Tensor]] = {}
+
+    def _batch(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        b = positions.shape[0]
+        cached = self._cache.get(b)
+        if cached is None:
+            n = self.n_atoms
+            n_atoms = torch.full((b,), n, dtype=torch.long, device=self.device)
+            cached = {
+                "atomic_numbers": torch.as_tensor(self.numbers, device=self.device).repeat(b),
+                "batch": torch.arange(b, device=self.device).repeat_interleave(n),
+                "n_atoms": n_atoms,
+                "charge": torch.full((b,), self.charge, dtype=self.dtype, device=self.device),
+            }
+            if n <= min(m.config.all_pairs_max_atoms for m in self.models):
+                cached["idx_i"], cached["idx_j"] = all_pairs(n_atoms)  # else each model builds its own
+            if len(self._cache) > 8:
+                self._cache.clear()
+            self._cache[b] = cached
+        batch = dict(cached)
+        batch["positions"] = positions.reshape(-1, 3)
+        return batch
+
+    def _check(self, positions: np.ndarray) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.float64)
+        if positions.ndim == 2:
+            positions = positions[None]
+        if positions.ndim != 3 or positions.shape[1:] != (self.n_atoms, 3):
+            raise ValueError(f"positions have shape {positions.shape}; expected (B, {self.n_atoms}, 3)")
+        if not np.isfinite(positions).all():
+            bad = np.unique(np.nonzero(~np.isfinite(positions))[0])
+            raise ValueError(f"positions of structure(s) {bad[:10].tolist()} are not finite")
+        return positions
+
+    def evaluate(self, positions: np.ndarray, forces: bool = True) -> dict[str, np.ndarray]:
+        """All results for (B, N, 3) positions: ``energy`` (B,), ``forces`` (B, N, 3) if asked, and for
+        committees ``energy_std`` (B,) and ``forces_std`` (B, N, 3); eV and eV/Angstrom."""
+        positions = self._check(positions)
+        b = len(positions)
+        k = len(self.models)
+        energies = np.empty((k, b))
+        all_forces = np.empty((k, b, self.n_atoms, 3)) if forces else None
+        for start in range(0, b, self.chunk_size):
+            chunk = torch.as_tensor(
+                positions[start : start + self.chunk_size], dtype=self.dtype, device=self.device
+            )
+            batch = self._batch(chunk)
+            stop = start + len(chunk)
+            for m, model in enumerate(self.models):
+                if forces:
+                    out = model(batch, compute_forces=True)
+                    all_forces[m, start:stop] = (
+                        out["forces"].reshape(len(chunk), self.n_atoms, 3).cpu().numpy()
+                    )
+                else:
+                    with torch.inference_mode():
+                        out = model(batch, compute_forces=False)
+                energies[m, start:stop] = out["energy"].cpu().numpy()
+        result = {"energy": energies.mean(axis=0)}
+        if forces:
+            result["forces"] = all_forces.mean(axis=0)
+        if k > 1:
+            result["energy_std"] = committee_std(energies)
+            if forces:
+                result["forces_std"] = committee_std(all_forces)
+        return result
+
+    def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(B, N, 3) Angstrom -> energies (B,) eV, forces (B, N, 3) eV/A [, energy_std (B,) eV]."""
+        out = self.evaluate(positions, forces=True)
+        if self.return_std:
+            return out["energy"], out["forces"], out.get("energy_std", np.zeros_like(out["energy"]))
+        return out["energy"], out["forces"]
+
+    def energies(self, positions: np.ndarray) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Energies (B,) eV without forces [and the committee std (B,) eV when ``return_std``]."""
+        out = self.evaluate(positions, forces=False)
+        if self.return_std:
+            return out["energy"], out.get("energy_std", np.zeros_like(out["energy"]))
+        return out["energy"]
+
+    def uncertainty(self, positions: np.ndarray) -> np.ndarray:
+        """Committee standard deviation of the energy (B,) in eV (zeros for a single model)."""
+        out = self.evaluate(positions, forces=False)
+        return out.get("energy_std", np.zeros_like(out["energy"]))
+
+
+class MLPESCalculator(Calculator):
+    """ASE calculator for one model or a committee (list) of models.
+
+    Args:
+        model: path to a saved model, a model, or a list of either (ensemble).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        charge: total charge in e; ``None`` reads ``atoms.info["charge"]`` (default 0).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "dipole", "charges"]
+
+    def __init__(
+        self,
+        model: ModelLike | Sequence[ModelLike],
+        device: str | torch.device = "cpu",
+        charge: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.device = resolve_device(device)
+        self.models = load_models(model, self.device)
+        self.charge = charge
+        self._potential: MLPotential | None = None
+
+    def as_potential(
+        self, numbers: Sequence[int], charge: float = 0.0, chunk_size: int = 2048, return_std: bool = False
+    ) -> MLPotential:
+        """A batched :class:`MLPotential` for the fixed molecule ``numbers`` with total ``charge`` (e)."""
+        return MLPotential(self.models, numbers, charge=charge, chunk_size=chunk_size, return_std=return_std)
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: Sequence[str] = ("energy",),
+        system_changes: Sequence[str] = all_changes,
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        charge = self.charge if self.charge is not None else float(atoms.info.get("charge", 0.0))
+        pot = self._potential
+        if pot is None or pot.charge != charge or not np.array_equal(pot.numbers, atoms.numbers):
+            pot = self._potential = self.as_potential(atoms.numbers, charge=charge)
+        positions = torch.as_tensor(atoms.positions[None], dtype=pot.dtype, device=pot.device)
+        batch = pot._batch(positions)
+        outs = [model(batch, compute_forces=True) for model in self.models]
+        energy = np.array([float(o["energy"][0]) for o in outs])
+        forces = np.stack([o["forces"].cpu().numpy().astype(np.float64) for o in outs])
+        self.results["energy"] = self.results["free_energy"] = float(energy.mean())
+        self.results["forces"] = forces.mean(axis=0)
+        if "dipole" in outs[0]:
+            self.results["dipole"] = np.mean([o["dipole"][0].cpu().numpy() for o in outs], axis=0).astype(
+                float
+            )
+            self.results["charges"] = np.mean(
+                [o["atomic_charges"].cpu().numpy() for o in outs], axis=0
+            ).astype(float)
+        if len(outs) > 1:
+            self.results["energy_std"] = float(committee_std(energy))
+            self.results["forces_std"] = committee_std(forces)
