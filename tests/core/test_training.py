@@ -170,7 +170,9 @@ def test_device_batches_match_collate(nh3):
 
 
 def test_tiny_model_overfits_few_structures(tmp_path, nh3):
-    config = quick(max_epochs=400, learning_rate=5e-3, ema_decay=0.0, validation_interval=400, lr_decay=1.0)
+    config = quick(
+        max_epochs=200, learning_rate=1e-2, ema_decay=0.0, validation_interval=200, checkpoint_interval=200
+    )
     trainer = Trainer(tiny_config(), config, tmp_path)
     result = trainer.fit(nh3, np.arange(4), np.arange(4))
     curve = read_curve(result.learning_curve)
@@ -265,6 +267,10 @@ def test_missing_forces_and_unknown_elements_raise_before_training(tmp_path, nh3
     bad.energy[3] = np.nan
     with pytest.raises(ValueError, match=r"'energy' is not finite in conformation 3"):
         trainer.fit(bad, np.arange(6), [6, 7])
+    bad = nh3.select(np.arange(8))
+    bad.forces[4 * 5 + 2, 1] = np.inf
+    with pytest.raises(ValueError, match=r"train split: field 'forces' is not finite in conformation 5"):
+        trainer.fit(bad, [0, 5, 2], [6, 7])
     with pytest.raises(ValueError, match="valid split is empty"):
         trainer.fit(nh3, np.arange(6), [])
 

@@ -82,7 +82,6 @@ def energy_scale(arrays: RaggedArrays, elements: Sequence[int], references: np.n
 
 def check_finite(arrays: RaggedArrays, names: Sequence[str], numbering: np.ndarray | None = None) -> None:
     """Raise ValueError naming the field and conformation of the first NaN/inf among ``names``."""
-    number = (lambda i: int(numbering[i])) if numbering is not None else int
     for name in names:
         value = getattr(arrays, name)
         if value is None:
@@ -90,12 +89,10 @@ def check_finite(arrays: RaggedArrays, names: Sequence[str], numbering: np.ndarr
         bad = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            if name in ("forces", "atomic_charges"):
-                conformation = int(np.searchsorted(arrays.offsets, row, side="right") - 1)
-                raise ValueError(
-                    f"field '{name}' is not finite in conformation {conformation} (atom row {row})"
-                )
-            raise ValueError(f"field '{name}' is not finite in conformation {row}")
+            if name in ("positions", "forces", "atomic_charges"):  # per-atom rows
+                row = int(np.searchsorted(arrays.offsets, row, side="right") - 1)
+            conformation = int(numbering[row]) if numbering is not None else row
+            raise ValueError(f"field '{name}' is not finite in conformation {conformation}")
 
 
 #: collate keys with one row per atom; the others (except "batch") have one row per conformation.
