@@ -53,10 +53,10 @@ def make_driver(name: str, **parameters: Any) -> Calculator:
     """
     parameters = dict(parameters)
     if name == "mlpes":
-        from aiida_mlpes.core.calculator import MLPESCalculator
-
         if "model" not in parameters:
             raise ValueError("driver 'mlpes' needs parameter 'model' (path of a saved model)")
+        from aiida_mlpes.core.calculator import MLPESCalculator
+
         return MLPESCalculator(**parameters)
     from aiida_mlpes.core.reference.ase_driver import CALCULATORS, make_calculator
 

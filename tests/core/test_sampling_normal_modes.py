@@ -1,0 +1,153 @@
+"""Normal-mode sampling (eqs. 1-2) and scan (eqs. 3-9) on an exactly harmonic surface."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from aiida_mlpes.core.sampling import normal_mode_sampling, normal_mode_scan
+from aiida_mlpes.core.units import KB
+from tests.core.test_sampling_models import harmonic_molecule
+
+FREQUENCIES = [1000.0, 1500.0, 1600.0, 3300.0, 3400.0, 3500.0]
+
+
+def _coefficients(result, system=0):
+    """Displacement coefficients f_i of every sample along the modes (least squares on x - x_eq)."""
+    info = result.systems[system]
+    atoms, _ = harmonic_molecule()
+    from aiida_mlpes.core.characterize.frequencies import modes_from_hessian
+
+    modes = modes_from_hessian(_.hessian, atoms.positions, atoms.get_masses())
+    q = modes.modes.reshape(len(modes.frequencies), -1).T
+    dx = result.samples.positions.reshape(len(result), -1) - atoms.positions.reshape(-1)
+    f, *_ = np.linalg.lstsq(q, dx.T, rcond=None)
+    assert np.allclose(info["frequencies"], modes.frequencies, atol=1e-3)
+    return f.T, modes.force_constants
+
+
+def test_modes_and_energies_follow_eqs_1_2():
+    atoms, calc = harmonic_molecule()
+    temperature, n = 800.0, 3000
+    kt = KB * temperature
+    result = normal_mode_sampling(atoms, calc, n_samples=n, temperature=temperature, seed=3)
+    assert len(result) == n and result.samples.forces is not None
+    assert np.allclose(result.systems[0]["frequencies"], FREQUENCIES, atol=1e-3)
+    # exactly harmonic: driver energy = harmonic energy of the displacement
+    assert np.allclose(result.samples.energy, result.sample_data["harmonic_energy"], rtol=1e-7, atol=1e-10)
+    f, k = _coefficients(result)
+    mode_energy = 0.5 * k * f**2
+    # eq. 2: each mode's energy 1.5 c kT with c ~ U[0, 1]: uniform on [0, 1.5 kT]
+    for i in range(len(k)):
+        assert stats.kstest(mode_energy[:, i] / (1.5 * kt), "uniform").pvalue > 1e-3
+    # the sign is a fair coin
+    assert abs(np.mean(f > 0) - 0.5) < 4 * 0.5 / np.sqrt(f.size)
+    # total: sum of 6 independent U[0, 1.5 kT]
+    total = result.samples.energy
+    mean, var = 6 * 0.75 * kt, 6 * (1.5 * kt) ** 2 / 12
+    assert abs(total.mean() - mean) < 4 * np.sqrt(var / n)
+    assert abs(total.var() / var - 1) < 0.1
+
+
+def test_frequency_range_selects_modes_and_energy_replaces_kt():
+    atoms, calc = harmonic_molecule()
+    by_energy = normal_mode_sampling(
+        atoms, calc, n_samples=200, energy=0.1, frequency_range=(1200, 3350), seed=5
+    )
+    assert list(by_energy.systems[0]["selected_modes"]) == [1, 2, 3]
+    f, _ = _coefficients(by_energy)
+    assert np.abs(f[:, [0, 4, 5]]).max() < 1e-8
+    assert np.abs(f[:, [1, 2, 3]]).min() > 0
+    assert by_energy.samples.energy.max() <= 3 * 1.5 * 0.1 + 1e-9
+    by_temperature = normal_mode_sampling(
+        atoms, calc, n_samples=200, temperature=0.1 / KB, frequency_range=(1200, 3350), seed=5
+    )
+    assert np.allclose(by_temperature.samples.positions, by_energy.samples.positions)
+
+
+def test_frequency_range_without_modes_is_a_clear_error():
+    atoms, calc = harmonic_molecule()
+    with pytest.raises(ValueError, match=r"selects none of the 6 normal modes of system 0"):
+        normal_mode_sampling(atoms, calc, n_samples=5, temperature=300, frequency_range=(4000, None))
+    with pytest.raises(ValueError, match="temperature"):
+        normal_mode_sampling(atoms, calc, n_samples=5, temperature=-300)
+    with pytest.raises(ValueError, match="exactly one of temperature"):
+        normal_mode_sampling(atoms, calc, n_samples=5, temperature=300, energy=0.1)
+    with pytest.raises(ValueError, match="low < high"):
+        normal_mode_sampling(atoms, calc, n_samples=5, temperature=300, frequency_range=(3000, 100))
+
+
+def _lattice_points(limit_ratio, size):
+    """Multipliers n (all nonzero) with sum n^2 <= limit_ratio, for ``size`` modes."""
+    top = int(np.sqrt(limit_ratio))
+    values = [v for v in range(-top, top + 1) if v]
+    return {n for n in itertools.product(values, repeat=size) if sum(v * v for v in n) <= limit_ratio}
+
+
+@pytest.mark.parametrize(
+    ("nmax", "frequency_range", "max_multiplier"), [(1, None, None), (2, (1200, None), None), (2, None, 2)]
+)
+def test_scan_points_lie_on_mode_combinations_and_energy_grid(nmax, frequency_range, max_multiplier):
+    atoms, calc = harmonic_molecule()
+    e_step, ratio = 0.05, 10.5
+    result = normal_mode_scan(
+        atoms,
+        calc,
+        energy_step=e_step,
+        energy_limit=ratio * e_step,
+        nmax=nmax,
+        frequency_range=frequency_range,
+        max_multiplier=max_multiplier,
+    )
+    info = result.systems[0]
+    selected = [i for i, nu in enumerate(FREQUENCIES) if frequency_range is None or nu >= frequency_range[0]]
+    assert list(info["selected_modes"]) == selected
+    from aiida_mlpes.core.characterize.frequencies import modes_from_hessian
+
+    modes = modes_from_hessian(calc.hessian, atoms.positions, atoms.get_masses())
+    scale = np.sqrt(2 * e_step / modes.force_constants)  # eq. 8
+    found: dict[tuple[int, ...], set] = {}
+    for m in range(len(result)):
+        mode_ids = result.sample_data["scan_modes"][m]
+        mult = result.sample_data["scan_multipliers"][m]
+        used = mode_ids >= 0
+        combo, n = tuple(mode_ids[used]), tuple(mult[used])
+        expected = atoms.positions + np.einsum(
+            "k,kna->na", np.array(n) * scale[list(combo)], modes.modes[list(combo)]
+        )
+        assert np.allclose(result.samples.positions[result.samples.atom_slice(m)], expected, atol=1e-10)
+        # harmonic: every point lies on the E_step grid, E = E_step * sum n^2 <= E_limit
+        assert np.isclose(result.samples.energy[m], e_step * sum(v * v for v in n), atol=1e-9)
+        found.setdefault(combo, set()).add(n)
+    assert found.pop(()) == {()}  # the reference structure
+    combos = [c for s in range(1, nmax + 1) for c in itertools.combinations(selected, s)]
+    assert sorted(found) == sorted(combos)
+    for combo, points in found.items():
+        expected_points = _lattice_points(ratio, len(combo))
+        if max_multiplier:
+            expected_points = {n for n in expected_points if max(map(abs, n)) <= max_multiplier}
+        assert points == expected_points, combo
+    # every evaluated point is in the trajectory, kept or not
+    assert len(result.trajectory_energy) == info["n_points"] >= len(result) - 1
+
+
+def test_scan_on_tblite_nh3_matches_paper_listing_3_shape():
+    """NH3 with GFN2-xTB: single and pair scans of the modes above 100 cm^-1 (paper Listing 3)."""
+    from ase.build import molecule
+
+    from aiida_mlpes.core.sampling import make_driver
+
+    atoms = molecule("NH3")
+    result = normal_mode_scan(
+        atoms, make_driver("tblite"), energy_step=0.1, energy_limit=0.5, nmax=1, optimize=True
+    )
+    info = result.systems[0]
+    assert len(info["frequencies"]) == 6 and np.all(info["frequencies"] > 900)
+    de = result.samples.energy - info["reference_energy"]
+    assert np.all(np.abs(de) <= 0.5 + 1e-12)
+    # anharmonic, but the first step along each mode costs about E_step (eq. 3)
+    first = np.abs(result.sample_data["scan_multipliers"][:, 0]) == 1
+    assert np.allclose(de[first], 0.1, rtol=0.35)
