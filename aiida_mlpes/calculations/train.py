@@ -1,0 +1,151 @@
+"""``TrainCalculation`` (``mlpes.train``): train a PhysNet/PaiNN model on a PESDataset with ``aiida-mlpes-run train``.
+
+Inputs: ``dataset``, ``settings`` (Dict with ``model``, ``training`` and ``split``, see
+:mod:`aiida_mlpes.core.training_task`), optional ``parent_model`` (fine-tuning) and optional
+``restart_folder`` (the ``remote_folder`` of an earlier run whose checkpoint is continued). Outputs: ``model``
+(PESModel, best EMA weights), ``learning_curve`` (CSV), ``metrics`` (Dict: valid/test MAE, RMSE, 1-r^2).
+GPUs are requested through scheduler options (``metadata.options``) and ``training.device``; no code changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiida import orm
+from aiida.common.datastructures import CalcInfo
+from aiida.common.folders import Folder
+
+from aiida_mlpes.calculations.base import MlpesRunCalculation
+from aiida_mlpes.data.dataset import PESDataset
+from aiida_mlpes.data.model import PESModel
+
+SETTINGS_KEYS = {"model", "training", "split"}
+
+
+class TrainCalculation(MlpesRunCalculation):
+    """Train (or fine-tune, or continue training) one model."""
+
+    TASK = "train"
+    DATASET_FILE = "dataset.h5"
+    PARENT_FILE = "parent_model.pt"
+    MODEL_FILE = "model.pt"
+    CHECKPOINT_FILE = "checkpoint.pt"
+    CURVE_FILE = "learning_curve.csv"
+    CURVE_PLOT = "learning_curves.png"
+    RETRIEVE_TEMPORARY = [MODEL_FILE]
+    RETRIEVE = [CURVE_FILE, CURVE_PLOT]
+    #: Seconds kept free before the scheduler's wall time to write the last checkpoint and the outputs.
+    WALLTIME_MARGIN = 120.0
+
+    @classmethod
+    def define(cls, spec) -> None:
+        super().define(spec)
+        spec.input("dataset", valid_type=PESDataset, help="The labelled dataset to train on.")
+        spec.input(
+            "settings",
+            valid_type=orm.Dict,
+            default=lambda: orm.Dict({}),
+            help="'model' (ModelConfig fields), 'training' (TrainingConfig fields) and 'split' "
+            "({'fractions', 'seed'} or explicit 'train'/'valid'/'test' index lists).",
+        )
+        spec.input(
+            "parent_model",
+            valid_type=PESModel,
+            required=False,
+            help="Start from this model's weights (fine-tuning); its reference energies are kept unless "
+            "training.refit_references is true.",
+        )
+        spec.input(
+            "restart_folder",
+            valid_type=orm.RemoteData,
+            required=False,
+            help="Remote folder of an earlier mlpes.train run (same inputs) whose checkpoint is continued.",
+        )
+        spec.inputs["metadata"]["options"]["parser_name"].default = "mlpes.train"
+        spec.inputs.validator = cls.validate_inputs
+        spec.output(
+            "model", valid_type=PESModel, help="The model with the best validation loss (EMA weights)."
+        )
+        spec.output("learning_curve", valid_type=orm.SinglefileData, help="Per-epoch losses and MAEs (CSV).")
+        spec.output(
+            "metrics", valid_type=orm.Dict, help="MAE, RMSE and 1-r^2 per property on valid and test."
+        )
+        spec.output("result", valid_type=orm.Dict, help="Epochs run, best epoch, stop reason, wall time.")
+        spec.exit_code(
+            400,
+            "ERROR_TRAINING_INCOMPLETE",
+            message="Training stopped at the wall-time limit after epoch {epoch} (best epoch {best}); the model "
+            "output holds the best weights so far. Resubmit with restart_folder to continue.",
+        )
+
+    @staticmethod
+    def validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:
+        settings = inputs["settings"].get_dict() if "settings" in inputs else {}
+        unknown = set(settings) - SETTINGS_KEYS
+        if unknown:
+            return f"settings: unknown keys {sorted(unknown)}; allowed: {sorted(SETTINGS_KEYS)}"
+        from aiida_mlpes.core.models import ModelConfig
+        from aiida_mlpes.core.training import TrainingConfig
+
+        try:
+            TrainingConfig.from_dict(dict(settings.get("training") or {}))
+            if "parent_model" not in inputs:
+                model = dict(settings.get("model") or {})
+                model.setdefault("elements", _atomic_numbers(inputs["dataset"]))
+                config = ModelConfig.from_dict(model)
+                missing = set(_atomic_numbers(inputs["dataset"])) - set(config.elements)
+                if missing:
+                    return f"settings.model.elements lacks elements {sorted(missing)} present in the dataset"
+        except (ValueError, TypeError) as exc:
+            return f"settings: {exc}"
+        restart = inputs.get("restart_folder")
+        computer = getattr(inputs.get("code"), "computer", None)
+        if restart is not None and computer is not None and restart.computer.uuid != computer.uuid:
+            return "restart_folder must be on the computer of the code (its checkpoint is copied remotely)"
+        if "parent_model" in inputs:
+            missing = set(inputs["dataset"].elements) - set(inputs["parent_model"].elements)
+            if missing:
+                return f"the dataset holds elements {sorted(missing)} that the parent model does not know"
+        fields = inputs["dataset"].field_names
+        weights = dict((settings.get("training") or {}).get("loss_weights") or {})
+        if "forces" not in fields and weights.get("forces", 50.0) > 0:
+            return "the dataset has no forces; set settings.training.loss_weights.forces = 0 to train on energies"
+        if "energy" not in fields:
+            return "the dataset has no energies (unlabelled); label it before training"
+        return None
+
+    def write_task_inputs(self, folder: Folder) -> dict[str, Any]:
+        settings = self.inputs.settings.get_dict()
+        training = dict(settings.get("training") or {})
+        walltime = self.inputs.metadata.options.get("max_wallclock_seconds")
+        if walltime and "wall_time_limit" not in training:
+            training["wall_time_limit"] = max(0.9 * walltime - self.WALLTIME_MARGIN, 0.5 * walltime)
+        self.copy_node_file(self.inputs.dataset, self.DATASET_FILE)
+        task = {
+            "dataset": self.DATASET_FILE,
+            "model": settings.get("model"),
+            "training": training,
+            "split": settings.get("split"),
+            "parent_model": None,
+            "restart_checkpoint": self.CHECKPOINT_FILE if "restart_folder" in self.inputs else None,
+        }
+        if "parent_model" in self.inputs:
+            self.copy_node_file(self.inputs.parent_model, self.PARENT_FILE)
+            task["parent_model"] = self.PARENT_FILE
+        return task
+
+    def prepare_for_submission(self, folder: Folder) -> CalcInfo:
+        calcinfo = super().prepare_for_submission(folder)
+        if "restart_folder" in self.inputs:
+            remote = self.inputs.restart_folder
+            calcinfo.remote_copy_list = [
+                (remote.computer.uuid, f"{remote.get_remote_path()}/{name}", name)
+                for name in (self.CHECKPOINT_FILE, self.CURVE_FILE)
+            ]
+        return calcinfo
+
+
+def _atomic_numbers(dataset: PESDataset) -> list[int]:
+    from ase.data import atomic_numbers
+
+    return sorted(atomic_numbers[symbol] for symbol in dataset.elements)

@@ -1,0 +1,238 @@
+"""PESModel, TrainCalculation (mlpes.train) and ModelTestCalculation (mlpes.test): inputs, validation, parsing,
+and end-to-end runs through the aiida-mlpes-run executable."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from aiida import orm
+from aiida.common.folders import SandboxFolder
+from aiida.common.links import LinkType
+from aiida.engine import run_get_node
+from aiida.orm import QueryBuilder
+
+from aiida_mlpes.calculations.test import ModelTestCalculation
+from aiida_mlpes.calculations.train import TrainCalculation
+from aiida_mlpes.core.models import ModelConfig, build_model
+from aiida_mlpes.core.runner import TASKS
+from aiida_mlpes.data.dataset import PESDataset
+from aiida_mlpes.data.model import PESModel
+from tests.core.test_training import morse_molecules
+
+TINY = {"n_features": 16, "n_rbf": 8, "n_blocks": 1, "cutoff": 4.0}
+FAST = {"batch_size": 8, "progress_bar": False, "device": "cpu", "threads": 1}
+
+
+def registered(group: str, name: str) -> bool:
+    from aiida.plugins.entry_point import get_entry_point
+
+    try:
+        get_entry_point(group, name)
+    except Exception:
+        return False
+    return True
+
+
+needs_entry_points = pytest.mark.skipif(
+    not (registered("aiida.calculations", "mlpes.train") and registered("aiida.parsers", "mlpes.test")),
+    reason="mlpes.train / mlpes.test entry points are not registered in this installation (pyproject)",
+)
+
+
+@pytest.fixture
+def dataset() -> PESDataset:
+    return PESDataset.from_arrays(morse_molecules([[7, 1, 1, 1]], 20), level_of_theory="morse").store()
+
+
+@pytest.fixture
+def tiny_model() -> PESModel:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(elements=[1, 7], **TINY))
+    model.set_reference([-13.6, -1480.0], 0.5)
+    return PESModel.from_model(model, metadata={"best_epoch": 3}).store()
+
+
+@pytest.fixture
+def runner_code(aiida_code_installed):
+    executable = shutil.which("aiida-mlpes-run")
+    assert executable, "aiida-mlpes-run is not on PATH: install the package (pip install -e .)"
+    return aiida_code_installed(filepath_executable=executable, default_calc_job_plugin="mlpes.train")
+
+
+def test_pes_model_node_attributes_load_and_query(tiny_model, tmp_path):
+    loaded = orm.load_node(tiny_model.pk)
+    assert isinstance(loaded, PESModel)
+    assert loaded.architecture == "physnet" and loaded.elements == ["H", "N"]
+    assert loaded.base.attributes.get("atomic_numbers") == [1, 7]
+    assert loaded.base.attributes.get("element_energies") == pytest.approx([-13.6, -1480.0])
+    assert loaded.base.attributes.get("n_parameters") > 0
+    assert loaded.base.attributes.get("best_epoch") == 3
+    assert set(loaded.versions) >= {"torch", "numpy", "ase", "aiida-mlpes"}
+    assert loaded.model_config["n_features"] == 16
+    model = loaded.load()
+    assert model.config.elements == [1, 7] and not model.training
+    assert float(model.energy_scale) == 0.5
+    query = QueryBuilder().append(
+        PESModel, filters={"attributes.architecture": "physnet", "attributes.cutoff": 4.0}, project="uuid"
+    )
+    assert tiny_model.uuid in query.all(flat=True)
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        PESModel(file=tmp_path / "bad.pt")
+
+
+def _process(cls, **inputs):
+    builder = cls.get_builder()
+    options = inputs.pop("options", {})
+    for key, value in inputs.items():
+        builder[key] = value
+    for key, value in options.items():
+        builder.metadata.options[key] = value
+    return cls(inputs=dict(builder._inputs(prune=True)))
+
+
+@needs_entry_points
+def test_train_prepare_for_submission(runner_code, dataset, tiny_model):
+    settings = orm.Dict({"model": TINY, "training": {"max_epochs": 3}, "split": {"seed": 2}})
+    process = _process(
+        TrainCalculation,
+        code=runner_code,
+        dataset=dataset,
+        settings=settings,
+        parent_model=tiny_model,
+        options={"max_wallclock_seconds": 3600},
+    )
+    with SandboxFolder() as folder:
+        calcinfo = process.prepare_for_submission(folder)
+        task = json.loads(Path(folder.get_abs_path("input.json")).read_text())
+    assert calcinfo.codes_info[0].cmdline_params == ["train", "input.json"]
+    assert (dataset.uuid, dataset.filename, "dataset.h5") in calcinfo.local_copy_list
+    assert (tiny_model.uuid, tiny_model.filename, "parent_model.pt") in calcinfo.local_copy_list
+    assert task["parent_model"] == "parent_model.pt" and task["restart_checkpoint"] is None
+    assert task["training"]["wall_time_limit"] == pytest.approx(0.9 * 3600 - 120)
+    assert task["split"] == {"seed": 2}
+    assert calcinfo.retrieve_temporary_list == ["model.pt"]
+
+
+@needs_entry_points
+def test_train_inputs_are_validated(runner_code, dataset):
+    no_forces = morse_molecules([[7, 1, 1, 1]], 4)
+    no_forces.forces = None
+    bare = PESDataset.from_arrays(no_forces, level_of_theory="morse").store()
+    with pytest.raises(ValueError, match="no forces"):
+        _process(TrainCalculation, code=runner_code, dataset=bare)
+    with pytest.raises(ValueError, match="unknown keys"):
+        _process(TrainCalculation, code=runner_code, dataset=dataset, settings=orm.Dict({"optimizer": {}}))
+    with pytest.raises(ValueError, match="unknown training settings"):
+        _process(
+            TrainCalculation, code=runner_code, dataset=dataset, settings=orm.Dict({"training": {"lr": 1}})
+        )
+    with pytest.raises(ValueError, match=r"lacks elements \[7\]"):
+        _process(
+            TrainCalculation,
+            code=runner_code,
+            dataset=dataset,
+            settings=orm.Dict({"model": {"elements": [1]}}),
+        )
+
+
+@pytest.mark.slow
+@needs_entry_points
+@pytest.mark.skipif("train" not in TASKS, reason="runner task 'train' not registered in core/runner.py TASKS")
+def test_train_then_restart_then_test_end_to_end(runner_code, dataset):
+    settings = {"model": TINY, "training": {**FAST, "max_epochs": 3}}
+    results, node = run_get_node(
+        TrainCalculation, code=runner_code, dataset=dataset, settings=orm.Dict(settings)
+    )
+    assert node.is_finished_ok, (
+        node.exit_message,
+        node.outputs.retrieved.base.repository.list_object_names(),
+    )
+    assert isinstance(results["model"], PESModel)
+    assert results["result"]["epochs"] == 3 and results["result"]["complete"]
+    assert set(results["metrics"].get_dict()) == {"valid", "test"}
+    curve = results["learning_curve"].get_content()
+    assert curve.splitlines()[0].startswith("epoch,lr")
+    assert "model.pt" not in node.outputs.retrieved.base.repository.list_object_names()
+
+    settings["training"]["max_epochs"] = 5
+    results2, node2 = run_get_node(
+        TrainCalculation,
+        code=runner_code,
+        dataset=dataset,
+        settings=orm.Dict(settings),
+        restart_folder=node.outputs.remote_folder,
+    )
+    assert node2.is_finished_ok, node2.exit_message
+    assert results2["result"]["epochs"] == 5
+    assert len(results2["learning_curve"].get_content().splitlines()) == 1 + 5
+
+    tested, node3 = run_get_node(
+        ModelTestCalculation,
+        code=runner_code,
+        model=results2["model"],
+        dataset=dataset,
+        settings=orm.Dict({"subset": "test"}),
+    )
+    assert node3.is_finished_ok, node3.exit_message
+    assert tested["metrics"]["energy"]["n"] == 2
+    assert {"correlation.png", "error_histogram.png", "error_vs_energy.png", "predictions.csv"} <= set(
+        tested["plots"].base.repository.list_object_names()
+    )
+    with tested["predictions"].open(mode="rb") as handle:
+        data = np.load(io.BytesIO(handle.read()))
+        assert data["energy_pred"].shape == (2,)
+
+
+@needs_entry_points
+def test_test_calculation_rejects_unknown_elements(runner_code, tiny_model):
+    water = PESDataset.from_arrays(morse_molecules([[8, 1, 1]], 3), level_of_theory="morse").store()
+    with pytest.raises(ValueError, match="not trained on"):
+        _process(ModelTestCalculation, code=runner_code, model=tiny_model, dataset=water)
+
+
+@needs_entry_points
+def test_train_parser_reports_incomplete_training(dataset, tmp_path, aiida_localhost):
+    """A run stopped by its wall-time limit keeps its outputs and exits with 400 (restartable)."""
+    from aiida.plugins import ParserFactory
+
+    from aiida_mlpes.core.training_task import run_train_task
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with dataset.as_path() as path:
+        shutil.copyfile(path, workdir / "dataset.h5")
+    result = run_train_task(
+        {
+            "dataset": "dataset.h5",
+            "model": TINY,
+            "training": {**FAST, "max_epochs": 10**6, "wall_time_limit": 0.3},
+        },
+        workdir,
+    )
+    assert not result["complete"]
+    (workdir / "result.json").write_text(json.dumps({"status": "ok", **result}))
+    retrieved = orm.FolderData()
+    for name in ("result.json", "learning_curve.csv"):
+        retrieved.base.repository.put_object_from_file(str(workdir / name), name)
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    shutil.copyfile(workdir / "model.pt", temporary / "model.pt")
+    node = orm.CalcJobNode(computer=aiida_localhost)
+    node.set_process_type("aiida.calculations:mlpes.train")
+    node.set_option("resources", {"num_machines": 1})
+    node.store()
+    retrieved.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label="retrieved")
+    retrieved.store()
+    outputs, calcfunction = ParserFactory("mlpes.train").parse_from_node(
+        node, store_provenance=False, retrieved_temporary_folder=str(temporary)
+    )
+    assert calcfunction.exit_status == 400
+    assert "Resubmit with restart_folder" in calcfunction.exit_message
+    assert isinstance(outputs["model"], PESModel) and outputs["result"]["stop_reason"] == "wall_time"
