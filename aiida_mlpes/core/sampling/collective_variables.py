@@ -64,53 +64,85 @@ class CollectiveVariable:
 
     def value_and_gradient(self, positions: np.ndarray) -> tuple[float, np.ndarray]:
         """The CV and its gradient (N, 3) with respect to ``positions`` (per Angstrom)."""
+        values, gradients = CVSet([self])(positions)
+        return float(values[0]), gradients[0]
+
+
+class CVSet:
+    """Several CVs evaluated together, vectorised by kind (one numpy pass per kind, not per CV)."""
+
+    def __init__(self, cvs: Sequence[CollectiveVariable]) -> None:
+        self.cvs = list(cvs)
+        self.periodic = np.array([cv.periodic for cv in self.cvs], dtype=bool)
+        self.groups = []
+        for kind in N_ATOMS:
+            rows = [k for k, cv in enumerate(self.cvs) if cv.kind == kind]
+            if rows:
+                atoms = np.array([self.cvs[k].atoms for k in rows], dtype=np.int64)
+                self.groups.append((kind, np.array(rows), atoms.T))
+
+    def __len__(self) -> int:
+        return len(self.cvs)
+
+    def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values (K,) in Angstrom/degrees and gradients (K, N, 3) at ``positions`` (N, 3)."""
         x = np.asarray(positions, dtype=float)
-        grad = np.zeros_like(x)
-        idx = self.atoms
-        if self.kind == "bond":
-            value, g = _bond(x[idx[0]], x[idx[1]])
-            grad[list(idx)] += g
-        elif self.kind == "reactive":
-            d1, g1 = _bond(x[idx[0]], x[idx[1]])
-            d2, g2 = _bond(x[idx[2]], x[idx[3]])
-            np.add.at(grad, list(idx[:2]), g1)
-            np.add.at(grad, list(idx[2:]), -g2)
-            value = d1 - d2
-        elif self.kind == "angle":
-            value, g = _angle(*x[list(idx)])
-            grad[list(idx)] += g
-        else:
-            value, g = _dihedral(*x[list(idx)])
-            grad[list(idx)] += g
-        return float(value), grad
+        values = np.empty(len(self.cvs))
+        grads = np.zeros((len(self.cvs), len(x), 3))
+        for kind, rows, idx in self.groups:
+            if kind == "bond":
+                values[rows], g = _bonds(x[idx[0]], x[idx[1]])
+                grads[rows, idx[0]] -= g
+                grads[rows, idx[1]] += g
+            elif kind == "reactive":
+                d1, g1 = _bonds(x[idx[0]], x[idx[1]])
+                d2, g2 = _bonds(x[idx[2]], x[idx[3]])
+                values[rows] = d1 - d2
+                grads[rows, idx[0]] -= g1
+                grads[rows, idx[1]] += g1
+                grads[rows, idx[2]] += g2
+                grads[rows, idx[3]] -= g2
+            else:
+                values[rows], g = (_angles if kind == "angle" else _dihedrals)(*(x[i] for i in idx))
+                for column, atom in enumerate(idx):
+                    grads[rows, atom] += g[column]
+        return values, grads
 
 
-def _bond(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray]:
+def _norm(v: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.einsum("ij,ij->i", v, v))
+
+
+def _bonds(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances |b - a| (B,) and their gradient with respect to b (B, 3)."""
     r = b - a
-    d = float(np.linalg.norm(r))
-    u = r / max(d, 1e-12)
-    return d, np.stack([-u, u])
+    d = _norm(r)
+    return d, r / np.maximum(d, 1e-12)[:, None]
 
 
-def _angle(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[float, np.ndarray]:
+def _angles(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Angles a-b-c in degrees (B,) and gradients with respect to a, b, c (3, B, 3)."""
     u, v = a - b, c - b
-    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
-    cos = float(np.clip(u @ v / (nu * nv), -1.0, 1.0))
-    sin = max(np.sqrt(1.0 - cos * cos), 1e-8)
+    nu, nv = _norm(u)[:, None], _norm(v)[:, None]
+    cos = np.clip(np.einsum("ij,ij->i", u, v)[:, None] / (nu * nv), -1.0, 1.0)
+    sin = np.maximum(np.sqrt(1.0 - cos * cos), 1e-8)
     ga = (cos * u / nu**2 - v / (nu * nv)) / sin
     gc = (cos * v / nv**2 - u / (nu * nv)) / sin
-    return np.degrees(np.arccos(cos)), _DEG * np.stack([ga, -ga - gc, gc])
+    return np.degrees(np.arccos(cos[:, 0])), _DEG * np.stack([ga, -ga - gc, gc])
 
 
-def _dihedral(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> tuple[float, np.ndarray]:
+def _dihedrals(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dihedrals a-b-c-d in degrees (B,), (-180, 180], and gradients (4, B, 3)."""
     b1, b2, b3 = b - a, c - b, d - c
     m, n = np.cross(b1, b2), np.cross(b2, b3)
-    nb2 = np.linalg.norm(b2)
-    phi = np.arctan2(nb2 * (b1 @ n), m @ n)
-    mm, nn = max(m @ m, 1e-24), max(n @ n, 1e-24)
+    nb2 = _norm(b2)[:, None]
+    phi = np.arctan2(nb2[:, 0] * np.einsum("ij,ij->i", b1, n), np.einsum("ij,ij->i", m, n))
+    mm = np.maximum(np.einsum("ij,ij->i", m, m), 1e-24)[:, None]
+    nn = np.maximum(np.einsum("ij,ij->i", n, n), 1e-24)[:, None]
     ga = -nb2 / mm * m
     gd = nb2 / nn * n
-    p, q = (b1 @ b2) / nb2**2, (b3 @ b2) / nb2**2
+    p = np.einsum("ij,ij->i", b1, b2)[:, None] / nb2**2
+    q = np.einsum("ij,ij->i", b3, b2)[:, None] / nb2**2
     gb = -(1.0 + p) * ga + q * gd
     gc = -(ga + gb + gd)  # translation invariance
     return np.degrees(phi), _DEG * np.stack([ga, gb, gc, gd])
@@ -167,9 +199,9 @@ def check_atoms_exist(cvs: Sequence[CollectiveVariable], n_atoms: int, system: i
             )
 
 
-def difference(
-    cv: CollectiveVariable, value: np.ndarray | float, reference: np.ndarray | float
-) -> np.ndarray:
-    """value - reference, wrapped into [-180, 180) degrees for periodic CVs."""
-    diff = np.asarray(value, dtype=float) - np.asarray(reference, dtype=float)
-    return (diff + 180.0) % 360.0 - 180.0 if cv.periodic else diff
+def wrap(diff: np.ndarray, periodic: np.ndarray) -> np.ndarray:
+    """Differences of CV values (..., K), wrapped into [-180, 180) degrees in the ``periodic`` columns."""
+    if periodic.any():
+        diff = diff.copy()
+        diff[..., periodic] = (diff[..., periodic] + 180.0) % 360.0 - 180.0
+    return diff

@@ -178,6 +178,8 @@ def _md_one(
     progress = Progress(f"{name} system {index}", equilibration + total)
     collector.system, collector.step = index, 0
     temperatures: list[float] = []
+    kinetic_factor = 1.0 / (dof * units.kB)  # 2 E_kin / (dof kB) with E_kin = p.p/(2m)
+    inverse_masses = 1.0 / atoms.get_masses()[:, None]
     steps = langevin_steps(
         atoms,
         rng,
@@ -193,7 +195,8 @@ def _md_one(
             if step <= equilibration:
                 continue
             results = monitor.results
-            kinetic = 2.0 * atoms.get_kinetic_energy() / (dof * units.kB)
+            momenta = atoms.arrays["momenta"]
+            kinetic = kinetic_factor * float(np.vdot(momenta, momenta * inverse_masses))
             temperatures.append(kinetic)
             collector.add_step(index, results["energy"], temperature=kinetic)
             if (step - equilibration) % save_interval == 0:

@@ -24,10 +24,11 @@ from ase.calculators.calculator import Calculator, all_changes
 from aiida_mlpes.core.sampling._common import Progress, as_systems, check_int, check_real, random_streams
 from aiida_mlpes.core.sampling.collective_variables import (
     CollectiveVariable,
+    CVSet,
     check_atoms_exist,
-    difference,
     parse_cv,
     parse_cvs,
+    wrap,
 )
 from aiida_mlpes.core.sampling.drivers import MonitoredCalculator
 from aiida_mlpes.core.sampling.md import check_md_settings, langevin_steps
@@ -49,14 +50,6 @@ class Wall:
             raise ValueError(f"wall on {cv}: lower bound {lower} must be below upper bound {upper}")
         self.cv, self.lower, self.upper = cv, lower, upper
         self.force_constant = check_real("wall force_constant", force_constant)
-
-    def energy_and_slope(self, s: float) -> tuple[float, float]:
-        """Wall energy (eV) and its derivative with respect to the CV value."""
-        for bound, outside in ((self.upper, lambda b: s > b), (self.lower, lambda b: s < b)):
-            if bound is not None and outside(bound):
-                excess = s - bound
-                return 0.5 * self.force_constant * excess**2, self.force_constant * excess
-        return 0.0, 0.0
 
 
 def parse_walls(specs: Sequence[Mapping[str, Any]] | None, cvs: Sequence[CollectiveVariable]) -> list[Wall]:
@@ -86,7 +79,7 @@ def parse_walls(specs: Sequence[Mapping[str, Any]] | None, cvs: Sequence[Collect
 
 class MetadynamicsBias:
     """The history-dependent bias of one run: Gaussians of ``height`` (eV) and ``widths`` (CV units) on
-    ``cvs``, plus ``walls``."""
+    ``cvs``, plus ``walls``. All CVs (biased and walled) are evaluated in one vectorised pass."""
 
     def __init__(
         self,
@@ -98,38 +91,65 @@ class MetadynamicsBias:
         self.cvs, self.walls = list(cvs), list(walls)
         self.height = float(height)
         self.widths = np.asarray(widths, dtype=float)
-        self.centers = np.zeros((0, len(self.cvs)))
+        everything = list(self.cvs)
+        for wall in self.walls:
+            if wall.cv not in everything:
+                everything.append(wall.cv)
+        self.cvset = CVSet(everything)
+        self.n_bias = len(self.cvs)
+        self.periodic = self.cvset.periodic[: self.n_bias]
+        self.wall_rows = np.array([everything.index(w.cv) for w in self.walls], dtype=np.int64)
+        self.wall_lower = np.array([-np.inf if w.lower is None else w.lower for w in self.walls])
+        self.wall_upper = np.array([np.inf if w.upper is None else w.upper for w in self.walls])
+        self.wall_k = np.array([w.force_constant for w in self.walls])
+        self._centers = np.zeros((64, self.n_bias))
+        self.n_gaussians = 0
+        self._cache: tuple[bytes, np.ndarray, np.ndarray] | None = None
 
-    def values(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """CV values (Ncv,) and gradients (Ncv, N, 3)."""
-        out = [cv.value_and_gradient(positions) for cv in self.cvs]
-        return np.array([v for v, _ in out]), np.stack([g for _, g in out])
+    @property
+    def centers(self) -> np.ndarray:
+        """(n_gaussians, Ncv) deposited centres."""
+        return self._centers[: self.n_gaussians]
+
+    def _evaluate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = np.ascontiguousarray(positions, dtype=float).tobytes()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, *self.cvset(positions))
+        return self._cache[1], self._cache[2]
+
+    def values(self, positions: np.ndarray) -> np.ndarray:
+        """Values (Ncv,) of the biased CVs."""
+        return self._evaluate(positions)[0][: self.n_bias].copy()
 
     def deposit(self, positions: np.ndarray) -> np.ndarray:
         """Add a Gaussian at the current CV values; returns them."""
-        s, _ = self.values(positions)
-        self.centers = np.vstack([self.centers, s])
+        s = self.values(positions)
+        if self.n_gaussians == len(self._centers):
+            self._centers = np.vstack([self._centers, np.zeros_like(self._centers)])
+        self._centers[self.n_gaussians] = s
+        self.n_gaussians += 1
         return s
 
     def gaussians(self, s: np.ndarray) -> tuple[float, np.ndarray]:
         """Sum of the deposited Gaussians at CV values ``s`` (eV) and its gradient dV/ds."""
-        if len(self.centers) == 0:
-            return 0.0, np.zeros(len(self.cvs))
-        diff = np.stack([difference(cv, s[i], self.centers[:, i]) for i, cv in enumerate(self.cvs)], axis=1)
-        weights = self.height * np.exp(-0.5 * np.sum((diff / self.widths) ** 2, axis=1))
-        return float(weights.sum()), -(weights[:, None] * diff / self.widths**2).sum(axis=0)
+        if self.n_gaussians == 0:
+            return 0.0, np.zeros(self.n_bias)
+        diff = wrap(s - self.centers, self.periodic) / self.widths
+        weights = self.height * np.exp(-0.5 * np.einsum("ij,ij->i", diff, diff))
+        return float(weights.sum()), -(weights @ diff) / self.widths
 
     def __call__(self, positions: np.ndarray) -> tuple[float, np.ndarray]:
         """Bias energy (eV) and bias forces (N, 3) in eV/Angstrom at ``positions``."""
-        s, grads = self.values(positions)
-        energy, slope = self.gaussians(s)
-        forces = -np.tensordot(slope, grads, axes=1)
-        for wall in self.walls:
-            value, gradient = wall.cv.value_and_gradient(positions)
-            e, ds = wall.energy_and_slope(value)
-            energy += e
-            forces -= ds * gradient
-        return energy, forces
+        values, grads = self._evaluate(positions)
+        slope = np.zeros(len(values))
+        energy, slope[: self.n_bias] = self.gaussians(values[: self.n_bias])
+        if len(self.walls):
+            w = values[self.wall_rows]
+            excess = np.where(w > self.wall_upper, w - self.wall_upper, 0.0)
+            excess += np.where(w < self.wall_lower, w - self.wall_lower, 0.0)
+            energy += float(0.5 * np.dot(self.wall_k, excess**2))
+            slope += np.bincount(self.wall_rows, weights=self.wall_k * excess, minlength=len(values))
+        return energy, -(slope @ grads.reshape(len(values), -1)).reshape(grads.shape[1:])
 
 
 class MetadynamicsCalculator(MonitoredCalculator):
@@ -239,6 +259,8 @@ def _run_one(
     calc.restart()
     atoms.calc = calc
     dof = max(3 * len(atoms) - (3 if len(atoms) > 1 else 0), 1)
+    kinetic_factor = 1.0 / (dof * units.kB)
+    inverse_masses = 1.0 / atoms.get_masses()[:, None]
     numbers = atoms.numbers.copy()
     progress = Progress(f"metadynamics system {index}", md["steps"])
     collector.system, collector.step = index, 0
@@ -255,12 +277,13 @@ def _run_one(
             collector.step = step + 1
             progress.update()
             driver_results = calc.driver_results
-            kinetic = 2.0 * atoms.get_kinetic_energy() / (dof * units.kB)
+            momenta = atoms.arrays["momenta"]
+            kinetic = kinetic_factor * float(np.vdot(momenta, momenta * inverse_masses))
             collector.add_step(
                 index, driver_results["energy"], bias_energy=calc.results["bias_energy"], temperature=kinetic
             )
             if step % md["save_interval"] == 0:
-                s, _ = calc.bias.values(atoms.positions)
+                s = calc.bias.values(atoms.positions)
                 collector.add_sample(index, numbers, atoms.positions, driver_results, cv_values=s)
             if step % interval == 0:
                 calc.bias.deposit(atoms.positions)
