@@ -189,23 +189,43 @@ def _state(path):
     return torch.load(path, weights_only=True)
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, nh3):
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, nh3, monkeypatch):
     model_config = tiny_config(dtype="float64")
-    config = quick(max_epochs=9, checkpoint_interval=1, validation_interval=2, ema_decay=0.9)
+    config = quick(
+        max_epochs=9, checkpoint_interval=2, checkpoint_min_seconds=0, validation_interval=2, ema_decay=0.9
+    )
     train, valid = np.arange(12), np.arange(12, 16)
     full = Trainer(model_config, config, tmp_path / "full").fit(nh3, train, valid)
+    # first a run that stops after epoch 4 (checkpoint written), then one killed in the middle of epoch 6
     first = Trainer(model_config, config, tmp_path / "split").fit(nh3, train, valid, max_epochs=4)
     assert first.epochs == 4
+    calls = {"n": 0}
+    original = WeightedLoss.__call__
+
+    def interrupted(self, out, batch):
+        calls["n"] += 1
+        if calls["n"] == 3 + 2:  # resumes at epoch 5; 3 steps per epoch: second step of epoch 6
+            raise KeyboardInterrupt
+        return original(self, out, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WeightedLoss, "__call__", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            Trainer(model_config, config, tmp_path / "split").fit(nh3, train, valid)
+    assert _state(tmp_path / "split" / "checkpoint.pt")["state"]["epoch"] == 4
     torch.manual_seed(1234)  # resuming must restore every random state itself
     resumed = Trainer(model_config, config, tmp_path / "split").fit(nh3, train, valid)
     assert resumed.epochs == full.epochs == 9
     a, b = _state(full.checkpoint), _state(resumed.checkpoint)
-    for key in a["model"]:
-        assert torch.allclose(a["model"][key], b["model"][key], rtol=0, atol=1e-10), key
+    for part in ("model", "best_state"):
+        for key in a[part]:
+            assert torch.allclose(a[part][key], b[part][key], rtol=0, atol=1e-10), (part, key)
     for key in a["ema"]["module"]:
         assert torch.allclose(a["ema"]["module"][key], b["ema"]["module"][key], rtol=0, atol=1e-10), key
     assert resumed.best_epoch == full.best_epoch
     assert resumed.best_valid_loss == pytest.approx(full.best_valid_loss, rel=1e-10)
+    best_a, best_b = _state(full.best_model)["state_dict"], _state(resumed.best_model)["state_dict"]
+    assert all(torch.allclose(best_a[k], best_b[k], rtol=0, atol=1e-10) for k in best_a)
     rows_full, rows_resumed = read_curve(full.learning_curve), read_curve(resumed.learning_curve)
     assert rows_full["epoch"] == rows_resumed["epoch"] == list(map(float, range(1, 10)))
     np.testing.assert_allclose(rows_full["train_loss"], rows_resumed["train_loss"], rtol=1e-7)
@@ -285,7 +305,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, nh3, monkeypatc
         return (total * float("nan") if calls["n"] > 9 else total), rows
 
     monkeypatch.setattr(WeightedLoss, "__call__", poisoned)
-    config = quick(max_epochs=10, checkpoint_interval=1)  # 3 steps per epoch: NaN in epoch 4
+    config = quick(
+        max_epochs=10, checkpoint_interval=1, checkpoint_min_seconds=0
+    )  # 3 steps/epoch: NaN in epoch 4
     with pytest.raises(TrainingDivergedError, match=r"epoch 4.*last good checkpoint \(epoch 3\)"):
         Trainer(tiny_config(), config, tmp_path).fit(nh3, np.arange(12), np.arange(12, 16))
     state = _state(tmp_path / "checkpoint.pt")

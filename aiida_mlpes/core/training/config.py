@@ -32,7 +32,10 @@ class TrainingConfig:
         huber_beta: transition point of the smooth-L1 loss (in the property's units).
         validation_interval: validate (with the EMA weights) every this many epochs.
         early_stopping_patience: stop after this many epochs without a better validation loss; None: never.
-        checkpoint_interval: write the resumable checkpoint every this many epochs (and at the end).
+        checkpoint_interval: write the resumable checkpoint (and the best model so far) every this many epochs,
+            at the end, and when training stops early.
+        checkpoint_min_seconds: skip an interval checkpoint if the last one is younger than this (fast epochs
+            would otherwise spend their time writing files); 0 writes every ``checkpoint_interval``.
         seed: seeds weight initialisation and the shuffling of the training set.
         device: "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
         wall_time_limit: stop cleanly (checkpoint written, resumable) after this many seconds; None: no limit.
@@ -57,6 +60,7 @@ class TrainingConfig:
     validation_interval: int = 5
     early_stopping_patience: int | None = 250
     checkpoint_interval: int = 5
+    checkpoint_min_seconds: float = 30.0
     seed: int = 0
     device: str = "auto"
     wall_time_limit: float | None = None
@@ -104,6 +108,8 @@ class TrainingConfig:
             raise ValueError("TrainingConfig.loss_weights: at least one weight must be > 0")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError("TrainingConfig.early_stopping_patience must be >= 1 or None")
+        if self.checkpoint_min_seconds < 0:
+            raise ValueError("TrainingConfig.checkpoint_min_seconds must be >= 0")
         if self.wall_time_limit is not None and self.wall_time_limit <= 0:
             raise ValueError("TrainingConfig.wall_time_limit must be > 0 or None")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

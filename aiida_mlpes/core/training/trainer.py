@@ -219,6 +219,8 @@ class Trainer:
         }
         curve = CurveLog(self.workdir / self.CURVE, properties)
         self._checkpoint_epoch = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._best_written = True
         if resume and self.checkpoint_path.exists():
             state = self._load_checkpoint(split)
             self._checkpoint_epoch = state["epoch"]
@@ -229,7 +231,7 @@ class Trainer:
                 (self.workdir / name).unlink(missing_ok=True)
             curve.start()
 
-        start_time = time.perf_counter()
+        start_time = last_checkpoint = time.perf_counter()
         start_epoch, elapsed_before = state["epoch"], state["elapsed"]
         stop_reason = state["stop"] if state["stop"] == "early_stopping" else ""
         params = [p for p in model.parameters() if p.requires_grad]
@@ -273,7 +275,8 @@ class Trainer:
                     if valid_loss < state["best_loss"]:
                         improved = True
                         state.update(best_loss=valid_loss, best_epoch=epoch, best_metrics=valid_metrics)
-                        self._save_best(eval_model, state)
+                        self._best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+                        self._best_written = False
                     progress.set_postfix(valid=f"{valid_loss:.3g}", best=state["best_epoch"], refresh=False)
                 elapsed = elapsed_before + time.perf_counter() - start_time
                 curve.append(epoch, lr, elapsed, train_stats, valid_loss, valid_metrics, improved)
@@ -289,8 +292,13 @@ class Trainer:
                 elif out_of_time:
                     stop_reason = "wall_time"
                 state.update(epoch=epoch, elapsed=elapsed, stop=stop_reason)
-                if stop_reason or epoch % cfg.checkpoint_interval == 0 or epoch == max_epochs:
+                due = epoch % cfg.checkpoint_interval == 0 and (
+                    time.perf_counter() - last_checkpoint >= cfg.checkpoint_min_seconds
+                )
+                if stop_reason or due or epoch == max_epochs:
                     self._save_checkpoint(state, split)
+                    self._write_best(eval_model, state)
+                    last_checkpoint = time.perf_counter()
         except KeyboardInterrupt:
             LOGGER.warning("interrupted; the checkpoint of epoch %s can be resumed", self._checkpoint_epoch)
             raise
@@ -298,8 +306,7 @@ class Trainer:
             progress.close()
             curve.close()
 
-        if not (self.workdir / self.BEST_MODEL).exists():  # e.g. resumed a finished run without a best model
-            self._save_best(eval_model, state)
+        self._write_best(eval_model, state)
         return TrainingResult(
             best_model=self.workdir / self.BEST_MODEL,
             checkpoint=self.checkpoint_path,
@@ -325,14 +332,23 @@ class Trainer:
             f"Try a lower learning_rate (now {self.config.learning_rate:g}) or check the data for outliers."
         )
 
-    def _save_best(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
+    def _write_best(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
+        """Write ``best_model.pt`` from the in-memory best weights (or ``model`` if none was validated yet)."""
+        if self._best_written and (self.workdir / self.BEST_MODEL).exists():
+            return
         metadata = {
             "best_epoch": state["best_epoch"],
             "best_valid_loss": state["best_loss"],
             "valid_metrics": state["best_metrics"],
             "training_config": self.config.to_dict(),
         }
+        if self._best_state is not None:
+            import copy
+
+            model = copy.deepcopy(model)
+            model.load_state_dict(self._best_state)
         save_model(model, self.workdir / self.BEST_MODEL, metadata=metadata)
+        self._best_written = True
 
     def _save_checkpoint(self, state: dict[str, Any], split: dict[str, np.ndarray]) -> None:
         payload = {
@@ -347,6 +363,7 @@ class Trainer:
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "state": dict(state),
+            "best_state": self._best_state,
             "split": {name: torch.as_tensor(idx) for name, idx in split.items()},
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
@@ -376,6 +393,8 @@ class Trainer:
             self.ema.load_state_dict(payload["ema"])
         self.rng.bit_generator.state = payload["numpy_rng"]
         torch.set_rng_state(payload["torch_rng"].cpu())
+        self._best_state = payload.get("best_state")
+        self._best_written = False
         return dict(payload["state"])
 
 
