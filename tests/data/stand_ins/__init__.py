@@ -39,3 +39,14 @@ def ensure_entry_points() -> None:
     ep.eps_select.cache_clear()
     ep.get_entry_point_from_class.cache_clear()
     ep.is_registered_entry_point.cache_clear()
+
+
+def install_stand_in(name: str, folder: Path) -> Path:
+    """Copy stand-in ``name`` (e.g. ``"replay.py"``) into ``folder`` as an executable run by this Python."""
+    import stat
+    import sys
+
+    target = Path(folder) / name.replace(".py", "")
+    target.write_text(f"#!{sys.executable}\n" + (HERE / name).read_text())
+    target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return target
