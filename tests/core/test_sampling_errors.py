@@ -68,7 +68,7 @@ def test_normal_mode_samplers_keep_samples_when_the_driver_fails():
     with pytest.raises(SamplingError, match="non-finite energy") as info:
         normal_mode_sampling(atoms, Failing(inner, 30, nan=True), n_samples=20, temperature=300, seed=1)
     assert len(info.value.result) == 4
-    with pytest.raises(SamplingError, match="0 samples kept") as info:
+    with pytest.raises(SamplingError, match=r"during the harmonic analysis: .*0 samples kept") as info:
         normal_mode_sampling(atoms, Failing(inner, 10), n_samples=20, temperature=300, seed=1)
     assert len(info.value.result) == 0
     full = normal_mode_scan(atoms, inner, energy_step=0.1, energy_limit=0.45)

@@ -83,13 +83,15 @@ def prepare_reference(
     """
     monitor.restart()
     potential = DriverPotential(monitor, atoms)
-    collector.system, collector.step = index, 0
+    collector.system, collector.phase = index, "the optimization"
     if optimize:
         opt = optimize_minimum(potential, atoms.numbers, atoms.positions, fmax=fmax)
         atoms.positions = opt.positions
         collector.systems[index].update(optimized=True, optimization_converged=opt.converged)
+    collector.phase = "the harmonic analysis"
     results = monitor.evaluate(atoms)
     modes = normal_modes(potential, atoms.numbers, atoms.positions, masses=atoms.get_masses(), step=step)
+    collector.phase = None
     low, high = frequency_range
     selected = np.flatnonzero((modes.frequencies >= low) & (modes.frequencies <= high))
     if len(selected) == 0:

@@ -123,6 +123,7 @@ class SampleCollector:
         self.system: int | None = None
         self.step: int | None = None
         self.unit = "step"
+        self.phase: str | None = None  # e.g. "the harmonic analysis": replaces the step in messages
 
     def add_sample(
         self,
@@ -194,6 +195,9 @@ class SampleCollector:
             yield
         except DriverError as exc:
             where = "" if self.system is None else f" on system {self.system}"
-            where += "" if self.step is None else f" at {self.unit} {self.step}"
+            if self.phase:
+                where += f" during {self.phase}"
+            elif self.step is not None:
+                where += f" at {self.unit} {self.step}"
             message = f"{self.sampler}: the driver failed{where}: {exc}; {len(self)} samples kept"
             raise SamplingError(message, self.result(failed=True, message=message)) from exc
