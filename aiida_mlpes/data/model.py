@@ -54,12 +54,11 @@ class PESModel(SinglefileData):
         with self.as_path() as path:
             return load_model(path, device=device)
 
-    def calculator(self, **kwargs: Any) -> Any:
-        """An ASE calculator (``MLPESCalculator``) for this model."""
+    def calculator(self, device: str = "cpu", **kwargs: Any) -> Any:
+        """An ASE calculator (``MLPESCalculator``) for this model on ``device``."""
         from aiida_mlpes.core.calculator import MLPESCalculator
 
-        with self.as_path() as path:
-            return MLPESCalculator(str(path), **kwargs)
+        return MLPESCalculator(self.load(device), device=device, **kwargs)
 
     @property
     def architecture(self) -> str:

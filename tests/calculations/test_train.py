@@ -40,8 +40,12 @@ def registered(group: str, name: str) -> bool:
 
 
 needs_entry_points = pytest.mark.skipif(
-    not (registered("aiida.calculations", "mlpes.train") and registered("aiida.parsers", "mlpes.test")),
-    reason="mlpes.train / mlpes.test entry points are not registered in this installation (pyproject)",
+    not all(
+        registered(group, name)
+        for group in ("aiida.data", "aiida.calculations", "aiida.parsers")
+        for name in (("mlpes.model",) if group == "aiida.data" else ("mlpes.train", "mlpes.test"))
+    ),
+    reason="mlpes.model / mlpes.train / mlpes.test entry points are not registered (pyproject, then pip install -e)",
 )
 
 
@@ -65,6 +69,7 @@ def runner_code(aiida_code_installed):
     return aiida_code_installed(filepath_executable=executable, default_calc_job_plugin="mlpes.train")
 
 
+@needs_entry_points
 def test_pes_model_node_attributes_load_and_query(tiny_model, tmp_path):
     loaded = orm.load_node(tiny_model.pk)
     assert isinstance(loaded, PESModel)
@@ -78,6 +83,15 @@ def test_pes_model_node_attributes_load_and_query(tiny_model, tmp_path):
     model = loaded.load()
     assert model.config.elements == [1, 7] and not model.training
     assert float(model.energy_scale) == 0.5
+    from ase.build import molecule
+
+    atoms = molecule("NH3")
+    atoms.calc = loaded.calculator()
+    from aiida_mlpes.core.models import collate
+    from aiida_mlpes.core.ragged import RaggedArrays
+
+    expected = model(collate(RaggedArrays.from_atoms([atoms])), compute_forces=True)["energy"]
+    assert atoms.get_potential_energy() == pytest.approx(float(expected[0]), abs=1e-5)
     query = QueryBuilder().append(
         PESModel, filters={"attributes.architecture": "physnet", "attributes.cutoff": 4.0}, project="uuid"
     )
