@@ -76,6 +76,10 @@ def test_frequency_range_without_modes_is_a_clear_error():
         normal_mode_sampling(atoms, calc, n_samples=5, temperature=-300)
     with pytest.raises(ValueError, match="exactly one of temperature"):
         normal_mode_sampling(atoms, calc, n_samples=5, temperature=300, energy=0.1)
+    flat_atoms, flat = harmonic_molecule(frequencies=(0.0, 1500.0, 1600.0, 3300.0, 3400.0, 3500.0))
+    with pytest.raises(ValueError, match=r"normal mode 0 of system 0 is flat"):
+        normal_mode_scan(flat_atoms, flat, frequency_range=None)
+    assert len(normal_mode_scan(flat_atoms, flat, energy_limit=0.1, frequency_range=(10, None))) == 11
     with pytest.raises(ValueError, match="low < high"):
         normal_mode_sampling(atoms, calc, n_samples=5, temperature=300, frequency_range=(3000, 100))
 

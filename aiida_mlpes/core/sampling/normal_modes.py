@@ -38,6 +38,8 @@ from aiida_mlpes.core.units import KB
 
 #: Structures per driver batch (the ML driver evaluates a batch in one call).
 BATCH_SIZE = 64
+#: Modes with |frequency| below this (cm^-1) are flat: eqs. 2 and 8 would displace them infinitely.
+MIN_FREQUENCY = 1.0
 #: Default frequency window (cm^-1): real modes only, numerically zero ones excluded.
 DEFAULT_FREQUENCY_RANGE = (10.0, None)
 
@@ -99,6 +101,12 @@ def prepare_reference(
         raise ValueError(
             f"frequency_range ({low:g}, {high:g}) cm^-1 selects none of the {len(modes.frequencies)} normal "
             f"modes of system {index} (frequencies: {freqs} cm^-1; imaginary ones negative)"
+        )
+    flat = [int(i) for i in selected if abs(modes.frequencies[i]) < MIN_FREQUENCY]
+    if flat:
+        raise ValueError(
+            f"normal mode {flat[0]} of system {index} is flat ({modes.frequencies[flat[0]]:.3g} cm^-1): it cannot be "
+            f"sampled or scanned (infinite displacement); exclude it with frequency_range"
         )
     collector.systems[index].update(
         frequencies=modes.frequencies,
