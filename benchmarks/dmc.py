@@ -1,0 +1,91 @@
+"""DMC throughput: walker-steps per second for NH3 on a PhysNet of Asparagus's default size.
+
+PhysNet with 128 features, 64 radial basis functions, 5 interaction blocks, float32 (randomly initialised:
+speed does not depend on the weights), evaluated through ``MLPESCalculator.as_potential`` (DMC uses its
+energy-only path). Also measures the DMC loop's own overhead on a cheap analytic potential, and peak
+memory (resident set size) after runs of different lengths to show that memory does not grow with nsteps.
+
+Usage: ``.venv/bin/python benchmarks/dmc.py [--steps 30] [--walkers 1000 10000] [--threads 2]``.
+Figures are noisy on a shared machine; nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aiida_mlpes.core.characterize.analytic import HarmonicTrap
+from aiida_mlpes.core.characterize.dmc import run_dmc
+
+NUMBERS = np.array([7, 1, 1, 1])
+NH3 = np.array(
+    [[0.0, 0.0, 0.0975], [0.9441, 0.0, -0.2692], [-0.4720, 0.8176, -0.2692], [-0.4720, -0.8176, -0.2692]]
+)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(potential, nwalkers: int, nsteps: int, label: str) -> None:
+    # check=False and no hole criteria: a random model has no minimum at NH3's geometry; this is a timing run
+    start = time.perf_counter()
+    result = run_dmc(
+        potential,
+        NUMBERS,
+        NH3,
+        nwalkers=nwalkers,
+        nsteps=nsteps,
+        eqsteps=0,
+        timestep=5.0,
+        seed=0,
+        check=False,
+        hole_threshold=None,
+        collapse_factor=0.0,
+    )
+    wall = time.perf_counter() - start
+    ws = result.population_trace.sum()
+    print(
+        f"{label:<28s} walkers {nwalkers:>6d}  steps {nsteps:>5d}  {ws / result.wall_time:>12,.0f} walker-steps/s"
+        f"  ({result.wall_time / nsteps * 1e3:7.1f} ms/step, total {wall:5.1f} s)  peak RSS {peak_rss_mb():7.0f} MB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--walkers", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    trap = HarmonicTrap(NH3, 30.0)
+    for nwalkers in args.walkers:
+        run(trap, nwalkers, 200, "DMC loop only (analytic)")
+
+    from aiida_mlpes.core.calculator import MLPESCalculator
+    from aiida_mlpes.core.models import ModelConfig, build_model, save_model
+
+    config = ModelConfig(architecture="physnet", elements=[1, 7], n_features=128, n_rbf=64, n_blocks=5)
+    model = build_model(config)
+    n_params = sum(p.numel() for p in model.parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_model(model, Path(tmp) / "physnet.pt")
+        potential = MLPESCalculator(path).as_potential(NUMBERS)
+    print(f"PhysNet: {n_params:,} parameters, float32")
+    run(potential, 100, 3, "warm-up")
+    for nwalkers in args.walkers:
+        run(potential, nwalkers, args.steps, "PhysNet NH3")
+    for nsteps in (args.steps, 2 * args.steps):
+        run(potential, args.walkers[-1], nsteps, "PhysNet NH3 (memory vs steps)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Diffusion Monte Carlo: exact ground states, reproducibility, batching, hole detection, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aiida_mlpes.core.characterize.analytic import (
+    HarmonicTrap,
+    MullerBrown,
+    PairPotential,
+    morse_ground_state,
+)
+from aiida_mlpes.core.characterize.dmc import DEFAULT_HOLE_THRESHOLD, blocking_error, run_dmc
+
+H2_R0 = 0.74
+
+
+def assert_exact(result, exact):
+    """Within three standard errors and within 1 %."""
+    deviation = abs(result.zpe - exact)
+    assert deviation < 3 * result.zpe_error, (result.zpe, result.zpe_error, exact)
+    assert deviation < 0.01 * exact, (result.zpe, exact)
+    assert result.zpe_error < 0.005 * exact
+
+
+@pytest.mark.parametrize(
+    "mass, k, timestep",
+    [(1.008, 30.0, 5.0), (15.995, 50.0, 10.0), (4.0, 3.0, 10.0)],
+)
+def test_isotropic_harmonic_oscillator(mass, k, timestep):
+    trap = HarmonicTrap(np.zeros((1, 3)), k)
+    result = run_dmc(
+        trap,
+        [1],
+        np.zeros((1, 3)),
+        masses=[mass],
+        nwalkers=1000,
+        nsteps=3000,
+        eqsteps=500,
+        timestep=timestep,
+        seed=11,
+    )
+    exact = trap.ground_state([mass])
+    assert_exact(result, exact)
+    np.testing.assert_allclose(result.harmonic_zpe, exact, rtol=1e-6)
+    assert result.n_holes == 0 and result.holes.shape == (0, 1, 3)
+
+
+def test_anisotropic_oscillators_of_several_masses():
+    masses = np.array([1.008, 12.0, 15.995])
+    k = np.array([[10.0, 20.0, 30.0], [50.0, 60.0, 70.0], [5.0, 100.0, 20.0]])
+    centers = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    trap = HarmonicTrap(centers, k)
+    result = run_dmc(
+        trap,
+        [1, 6, 8],
+        centers,
+        masses=masses,
+        nwalkers=1000,
+        nsteps=3000,
+        eqsteps=500,
+        timestep=10.0,
+        seed=5,
+    )
+    assert_exact(result, trap.ground_state(masses))
+
+
+def test_morse_diatomic_resolves_anharmonicity():
+    """H2-like Morse bond: E0 = hw/2 - (hw)^2/16D, 1.4 % below the harmonic ZPE. (The free centre of mass
+    and the rotation contribute nothing to a J=0 ground state.)"""
+    depth, a = 4.7, 1.9
+    pot = PairPotential([(0, 1, "morse", (depth, a, H2_R0))])
+    result = run_dmc(
+        pot, [1, 1], [[0, 0, 0], [H2_R0, 0, 0]], nwalkers=2000, nsteps=4000, eqsteps=500, timestep=5.0, seed=2
+    )
+    exact = morse_ground_state(depth, a, 1.008 / 2)
+    assert_exact(result, exact)
+    assert result.harmonic_zpe > exact * 1.01
+    assert abs(result.zpe - exact) < abs(result.harmonic_zpe - exact)
+    assert result.n_holes == 0
+
+
+def test_reproducible_from_seed_and_traces():
+    trap = HarmonicTrap(np.zeros((2, 3)), 20.0)
+    kwargs = dict(nwalkers=300, nsteps=200, eqsteps=50, timestep=5.0)
+    a = run_dmc(trap, [1, 8], np.zeros((2, 3)), seed=7, collapse_factor=0, **kwargs)
+    b = run_dmc(trap, [1, 8], np.zeros((2, 3)), seed=7, collapse_factor=0, **kwargs)
+    c = run_dmc(trap, [1, 8], np.zeros((2, 3)), seed=8, collapse_factor=0, **kwargs)
+    np.testing.assert_array_equal(a.energy_trace, b.energy_trace)
+    np.testing.assert_array_equal(a.population_trace, b.population_trace)
+    np.testing.assert_array_equal(a.walkers, b.walkers)
+    assert a.zpe == b.zpe
+    assert not np.array_equal(a.energy_trace, c.energy_trace)
+    assert a.energy_trace.shape == a.population_trace.shape == a.potential_trace.shape == (200,)
+    # population feedback keeps the population near its target
+    assert abs(a.population_trace[50:].mean() - 300) < 30
+
+
+def test_one_batched_call_per_step_energies_only_and_chunks():
+    trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
+    sizes = []
+
+    class EnergyOnly:
+        def __call__(self, positions):
+            return trap(positions)
+
+        def energies(self, positions):
+            sizes.append(len(positions))
+            return trap(positions)[0]
+
+    pot = EnergyOnly()
+    result = run_dmc(pot, [1], np.zeros((1, 3)), nwalkers=500, nsteps=20, eqsteps=5, seed=0, check=False)
+    assert sizes == list(np.r_[500, result.population_trace[:-1]])  # the whole population, once per step
+    sizes.clear()
+    run_dmc(
+        pot, [1], np.zeros((1, 3)), nwalkers=500, nsteps=3, eqsteps=1, seed=0, check=False, batch_size=200
+    )
+    assert sizes[:3] == [200, 200, 100]
+    assert max(sizes) <= 200
+
+
+def broken_h2(depth=2.0, shift=0.15, width=0.03):
+    """H2 Morse bond plus a deep, narrow Gaussian well at r0 + shift: a hole reachable at the ZPE."""
+    morse = PairPotential([(0, 1, "morse", (4.7, 1.9, H2_R0))])
+
+    def potential(positions):
+        energies, forces = morse(positions)
+        v = positions[:, 1] - positions[:, 0]
+        r = np.linalg.norm(v, axis=-1)
+        well = -depth * np.exp(-((r - H2_R0 - shift) ** 2) / (2 * width**2))
+        de_dr = -well * (r - H2_R0 - shift) / width**2
+        f = (de_dr / r)[:, None] * v
+        forces = forces.copy()
+        forces[:, 0] += f
+        forces[:, 1] -= f
+        return energies + well, forces
+
+    return potential
+
+
+def test_broken_potential_yields_holes_correct_one_none():
+    positions = np.array([[0, 0, 0], [H2_R0, 0, 0]])
+    kwargs = dict(nwalkers=500, nsteps=600, eqsteps=100, timestep=5.0, seed=3)
+    good = run_dmc(PairPotential([(0, 1, "morse", (4.7, 1.9, H2_R0))]), [1, 1], positions, **kwargs)
+    assert good.n_holes == 0 and len(good.holes) == 0
+    bad = run_dmc(broken_h2(), [1, 1], positions, **kwargs)
+    assert bad.n_holes > 10
+    assert bad.holes.shape == (len(bad.hole_energies), 2, 3)
+    assert (bad.hole_energies < -DEFAULT_HOLE_THRESHOLD).all()
+    assert set(bad.hole_reasons) == {"energy"}
+    r = np.linalg.norm(bad.holes[:, 1] - bad.holes[:, 0], axis=1)
+    assert np.all(np.abs(r - (H2_R0 + 0.15)) < 0.12)
+    assert ((bad.hole_steps >= 0) & (bad.hole_steps < 600)).all()
+    # holes are removed, so they cannot take over: the population stays near its target and the energy
+    # stays above the minimum (the hole acts as an absorbing wall, which raises it)
+    assert abs(bad.population_trace[100:].mean() - 500) < 50
+    assert good.zpe < bad.zpe < 3 * good.zpe
+    # without hole detection the walkers collapse into the well: the "ZPE" drops below the minimum
+    blind = run_dmc(broken_h2(), [1, 1], positions, hole_threshold=None, **kwargs)
+    assert blind.n_holes == 0 and blind.zpe < -0.1
+
+
+def test_hole_storage_is_capped_but_all_are_counted():
+    positions = np.array([[0, 0, 0], [H2_R0, 0, 0]])
+    bad = run_dmc(broken_h2(), [1, 1], positions, nwalkers=500, nsteps=600, eqsteps=100, seed=3, max_holes=5)
+    assert len(bad.holes) == 5 and bad.n_holes > 5
+
+
+def test_collapsed_geometries_are_holes():
+    """A very soft H-H spring lets atoms come closer than half their covalent radii at low energy."""
+    soft = PairPotential([(0, 1, "harmonic", (1.0, H2_R0))])
+    positions = np.array([[0, 0, 0], [H2_R0, 0, 0]])
+    result = run_dmc(soft, [1, 1], positions, nwalkers=500, nsteps=400, eqsteps=100, seed=1)
+    assert result.n_holes > 0 and set(result.hole_reasons) == {"collapse"}
+    r = np.linalg.norm(result.holes[:, 1] - result.holes[:, 0], axis=1)
+    assert (r < 0.31).all()
+    none = run_dmc(soft, [1, 1], positions, nwalkers=500, nsteps=400, eqsteps=100, seed=1, collapse_factor=0)
+    assert none.n_holes == 0
+
+
+def test_uncertainty_holes_from_third_value_or_callable():
+    trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
+
+    def std_of(positions):
+        return 0.5 * np.linalg.norm(positions[:, 0], axis=-1)  # eV, grows away from the minimum
+
+    def ensemble(positions):
+        e, f = trap(positions)
+        return e, f, std_of(positions)
+
+    kwargs = dict(nwalkers=300, nsteps=100, eqsteps=10, seed=4, uncertainty_threshold=0.1)
+    a = run_dmc(ensemble, [1], np.zeros((1, 3)), **kwargs)
+    b = run_dmc(trap, [1], np.zeros((1, 3)), uncertainty=std_of, **kwargs)
+    for result in (a, b):
+        assert result.n_holes > 0 and set(result.hole_reasons) == {"uncertainty"}
+        assert (np.linalg.norm(result.holes[:, 0], axis=1) > 0.2).all()
+    np.testing.assert_array_equal(a.hole_steps, b.hole_steps)
+    with pytest.raises(ValueError, match="uncertainty_threshold needs"):
+        run_dmc(trap, [1], np.zeros((1, 3)), **kwargs)
+
+
+def test_blocking_error():
+    rng = np.random.default_rng(0)
+    white = rng.normal(size=2**14)
+    np.testing.assert_allclose(blocking_error(white), 1 / np.sqrt(len(white)), rtol=0.1)
+    phi = 0.9  # AR(1): the error of the mean grows by sqrt((1 + phi) / (1 - phi)) = 4.36
+    x = np.zeros(2**15)
+    noise = rng.normal(size=len(x))
+    for i in range(1, len(x)):
+        x[i] = phi * x[i - 1] + noise[i]
+    naive = x.std() / np.sqrt(len(x))
+    assert 3.6 < blocking_error(x) / naive < 5.0
+
+
+def test_plot(tmp_path):
+    trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
+    result = run_dmc(trap, [1], np.zeros((1, 3)), nwalkers=100, nsteps=100, eqsteps=10, seed=0)
+    path = result.plot(tmp_path / "dmc.png")
+    assert path.stat().st_size > 10_000
+
+
+def test_bad_input():
+    trap = HarmonicTrap(np.zeros((2, 3)), 30.0)
+    x0 = np.zeros((2, 3))
+    for kwargs, message in [
+        (dict(nwalkers=0), "nwalkers must be a positive integer"),
+        (dict(nwalkers=-10), "nwalkers must be a positive integer"),
+        (dict(timestep=0.0), "timestep must be positive"),
+        (dict(timestep=-1.0), "timestep must be positive"),
+        (dict(nsteps=100, eqsteps=100), "eqsteps must be an integer in"),
+        (dict(masses=[1.0, 2.0, 3.0]), "masses have 3 entries but there are 2 atoms"),
+        (dict(masses=[1.0, 0.0]), "non-positive mass"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run_dmc(trap, [1, 1], x0, **kwargs)
+    with pytest.raises(ValueError, match="not a minimum"):
+        run_dmc(trap, [1, 1], x0 + 0.05)
+    mb = MullerBrown()
+    with pytest.raises(ValueError, match="not a minimum: 1 imaginary"):
+        run_dmc(mb, [1], [[-0.82200156, 0.6243128, 0.0]])
