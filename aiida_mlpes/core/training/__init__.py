@@ -8,12 +8,13 @@ Public API::
 ``Trainer(parent=path, ...)`` fine-tunes an existing one. Units: eV, Angstrom, e.
 """
 
+from .components import evaluate_loss, make_optimizer, resolve_device
 from .config import DEFAULT_LOSS_WEIGHTS, TrainingConfig
 from .ema import WeightEMA
 from .log import read_curve
 from .loss import WeightedLoss
 from .targets import energy_scale, fit_element_references
-from .trainer import Trainer, TrainingDivergedError, TrainingResult, evaluate_loss, resolve_device
+from .trainer import Trainer, TrainingDivergedError, TrainingResult
 
 __all__ = [
     "DEFAULT_LOSS_WEIGHTS",
@@ -26,6 +27,7 @@ __all__ = [
     "energy_scale",
     "evaluate_loss",
     "fit_element_references",
+    "make_optimizer",
     "read_curve",
     "resolve_device",
 ]
