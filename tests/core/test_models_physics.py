@@ -180,3 +180,21 @@ def test_collate_selects_conformations():
     assert batch["energy"].dtype == torch.float64 and batch["energy"].tolist() == [3.0, 1.0]
     assert batch["charge"].tolist() == [-1.0, 0.0]
     assert len(batch["idx_i"]) == 3 * 2 + 4 * 3
+
+
+@pytest.mark.parametrize("charges", [True, False])
+def test_physnet_fast_path_equals_autograd(charges):
+    model = small_model("physnet", predict_charges=charges)
+    batch = collate(molecules(np.random.default_rng(10)), dtype=torch.float64, pairs=True)
+    fast = model(batch)
+    model.use_fast_path = False
+    slow = model(batch)
+    assert set(fast) == set(slow)
+    for key in slow:
+        np.testing.assert_allclose(fast[key], slow[key], rtol=0, atol=1e-11, err_msg=key)
+    with torch.no_grad():
+        energy_only = model(batch, compute_forces=False)
+        model.use_fast_path = True
+        fast_energy_only = model(batch, compute_forces=False)
+    assert "forces" not in fast_energy_only
+    np.testing.assert_allclose(fast_energy_only["energy"], energy_only["energy"], rtol=0, atol=1e-11)

@@ -53,6 +53,22 @@ class AtomisticModel(nn.Module):
             setattr(self, name, value.to(device=getattr(self, name).device, dtype=torch.float64))
         return self
 
+    #: Use the architecture's hand-written reverse pass (if any) for forces without ``create_graph``.
+    use_fast_path: bool = True
+
+    def fast_energy_forces(
+        self,
+        batch: dict[str, torch.Tensor],
+        species: torch.Tensor,
+        positions: torch.Tensor,
+        charge: torch.Tensor,
+        forces: bool = True,
+    ) -> dict[str, torch.Tensor] | None:
+        """Energies (and forces) without autograd, or None when the architecture has no such path.
+
+        Used for prediction: forces without ``create_graph``, or energies with gradients disabled."""
+        return None
+
     # -- to implement -------------------------------------------------------------------------------
     def atomic_outputs(
         self,
@@ -127,6 +143,16 @@ class AtomisticModel(nn.Module):
         if charge is None:
             charge = positions.new_zeros(n_mol)
         charge = charge.to(positions.dtype)
+
+        inference = not compute_forces and not torch.is_grad_enabled()
+        if (
+            self.use_fast_path
+            and not positions.requires_grad
+            and (inference or (compute_forces and not create_graph))
+        ):
+            fast = self.fast_energy_forces(batch, species, positions, charge, compute_forces)
+            if fast is not None:
+                return fast
 
         with torch.enable_grad() if compute_forces else contextlib.nullcontext():
             if compute_forces and not positions.requires_grad:

@@ -7,17 +7,22 @@ outputs are summed over modules. Distances enter through the exp-normal radial b
 The Coulomb term between the predicted charges lives in :class:`~.base.AtomisticModel`.
 
 Implementation notes (speed): W_I and W_J act on the same input and are fused into one (F, 2F) matmul; the
-radial filters of all modules come from one (K, n_blocks * F) matmul.
+radial filters of all modules come from one (K, n_blocks * F) matmul; where a shifted softplus feeds a linear
+layer, its -ln 2 is absorbed in that layer's bias (same function class, fewer operations).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from .base import AtomisticModel
 from .config import ModelConfig
+from .fast import physnet_energy_forces
 from .layers import Dense, ExpNormalRBF, Residual, make_activation, scatter_sum
+from .neighbors import all_pairs
 
 
 class PhysNetModule(nn.Module):
@@ -27,8 +32,11 @@ class PhysNetModule(nn.Module):
         super().__init__()
         f = config.n_features
         self.n_features = f
-        self.act = make_activation(config.activation)
+        self.act = make_activation(config.activation, before_linear=True)
         self.dense_ij = Dense(f, 2 * f)
+        # the shift of the shifted softplus on h = act(W_ij act(x)), which no linear layer follows
+        shift = -math.log(2.0) if config.activation == "shifted_softplus" else 0.0
+        self.register_buffer("h_shift", torch.full((2 * f,), shift), persistent=False)
         self.residual_interaction = nn.ModuleList(
             Residual(f, config.activation) for _ in range(config.n_residual_interaction)
         )
@@ -46,7 +54,7 @@ class PhysNetModule(nn.Module):
         self, x: torch.Tensor, filters: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Atomic features (N, F) and pair filters (P, F) -> new features (N, F), outputs (N, n_out)."""
-        h = self.act(self.dense_ij(self.act(x)))
+        h = self.act(self.dense_ij(self.act(x))) + self.h_shift
         h_i, h_j = h.split(self.n_features, dim=-1)
         m = h_i + scatter_sum(filters * h_j.index_select(0, idx_j), idx_i, len(x))
         for layer in self.residual_interaction:
@@ -74,6 +82,27 @@ class PhysNet(AtomisticModel):
         self.filters = Dense(k, config.n_blocks * f, bias=False)
         self.blocks = nn.ModuleList(PhysNetModule(config, self.n_out) for _ in range(config.n_blocks))
         self.output_shift = nn.Parameter(torch.zeros(n_elements, self.n_out))
+
+    def fast_energy_forces(
+        self,
+        batch: dict[str, torch.Tensor],
+        species: torch.Tensor,
+        positions: torch.Tensor,
+        charge: torch.Tensor,
+        forces: bool = True,
+    ) -> dict[str, torch.Tensor] | None:
+        """Hand-written reverse pass (``fast.py``) when the batch has all intramolecular pairs."""
+        if self.dispersion is not None:
+            return None
+        n_atoms = batch["n_atoms"]
+        idx_i, idx_j = batch.get("idx_i"), batch.get("idx_j")
+        if idx_i is None or idx_j is None:
+            if len(n_atoms) and int(n_atoms.max()) > self.config.all_pairs_max_atoms:
+                return None
+            idx_i, idx_j = all_pairs(n_atoms)
+        return physnet_energy_forces(
+            self, species, positions, idx_i, idx_j, batch["batch"], n_atoms, charge, forces=forces
+        )
 
     def atomic_outputs(
         self,
