@@ -83,7 +83,7 @@ def test_morse_diatomic_resolves_anharmonicity():
 
 def test_reproducible_from_seed_and_traces():
     trap = HarmonicTrap(np.zeros((2, 3)), 20.0)
-    kwargs = dict(nwalkers=300, nsteps=200, eqsteps=50, timestep=5.0)
+    kwargs = {"nwalkers": 300, "nsteps": 200, "eqsteps": 50, "timestep": 5.0}
     a = run_dmc(trap, [1, 8], np.zeros((2, 3)), seed=7, collapse_factor=0, **kwargs)
     b = run_dmc(trap, [1, 8], np.zeros((2, 3)), seed=7, collapse_factor=0, **kwargs)
     c = run_dmc(trap, [1, 8], np.zeros((2, 3)), seed=8, collapse_factor=0, **kwargs)
@@ -141,7 +141,7 @@ def broken_h2(depth=2.0, shift=0.15, width=0.03):
 
 def test_broken_potential_yields_holes_correct_one_none():
     positions = np.array([[0, 0, 0], [H2_R0, 0, 0]])
-    kwargs = dict(nwalkers=500, nsteps=600, eqsteps=100, timestep=5.0, seed=3)
+    kwargs = {"nwalkers": 500, "nsteps": 600, "eqsteps": 100, "timestep": 5.0, "seed": 3}
     good = run_dmc(PairPotential([(0, 1, "morse", (4.7, 1.9, H2_R0))]), [1, 1], positions, **kwargs)
     assert good.n_holes == 0 and len(good.holes) == 0
     bad = run_dmc(broken_h2(), [1, 1], positions, **kwargs)
@@ -189,7 +189,7 @@ def test_uncertainty_holes_from_third_value_or_callable():
         e, f = trap(positions)
         return e, f, std_of(positions)
 
-    kwargs = dict(nwalkers=300, nsteps=100, eqsteps=10, seed=4, uncertainty_threshold=0.1)
+    kwargs = {"nwalkers": 300, "nsteps": 100, "eqsteps": 10, "seed": 4, "uncertainty_threshold": 0.1}
     a = run_dmc(ensemble, [1], np.zeros((1, 3)), **kwargs)
     b = run_dmc(trap, [1], np.zeros((1, 3)), uncertainty=std_of, **kwargs)
     for result in (a, b):
@@ -224,13 +224,13 @@ def test_bad_input():
     trap = HarmonicTrap(np.zeros((2, 3)), 30.0)
     x0 = np.zeros((2, 3))
     for kwargs, message in [
-        (dict(nwalkers=0), "nwalkers must be a positive integer"),
-        (dict(nwalkers=-10), "nwalkers must be a positive integer"),
-        (dict(timestep=0.0), "timestep must be positive"),
-        (dict(timestep=-1.0), "timestep must be positive"),
-        (dict(nsteps=100, eqsteps=100), "eqsteps must be an integer in"),
-        (dict(masses=[1.0, 2.0, 3.0]), "masses have 3 entries but there are 2 atoms"),
-        (dict(masses=[1.0, 0.0]), "non-positive mass"),
+        ({"nwalkers": 0}, "nwalkers must be a positive integer"),
+        ({"nwalkers": -10}, "nwalkers must be a positive integer"),
+        ({"timestep": 0.0}, "timestep must be positive"),
+        ({"timestep": -1.0}, "timestep must be positive"),
+        ({"nsteps": 100, "eqsteps": 100}, "eqsteps must be an integer in"),
+        ({"masses": [1.0, 2.0, 3.0]}, "masses have 3 entries but there are 2 atoms"),
+        ({"masses": [1.0, 0.0]}, "non-positive mass"),
     ]:
         with pytest.raises(ValueError, match=message):
             run_dmc(trap, [1, 1], x0, **kwargs)

@@ -27,7 +27,7 @@ def mb():
 
 @pytest.mark.parametrize("saddle, ends", [("AC", ("A", "C")), ("CB", ("B", "C"))])
 def test_mep_from_mueller_brown_saddle_ends_in_its_minima(mb, saddle, ends, tmp_path):
-    ts = optimize_ts(mb, [1], xyz(MB_SADDLES[saddle]) + [[0.01, -0.01, 0.02]])
+    ts = optimize_ts(mb, [1], xyz(MB_SADDLES[saddle]) + np.array([[0.01, -0.01, 0.02]]))
     assert ts.converged
     np.testing.assert_allclose(ts.positions[0, :2], MB_SADDLES[saddle], atol=1e-4)
     path = minimum_energy_path(mb, [1], ts.positions, fmax=1e-4)
@@ -118,7 +118,7 @@ def test_bad_transition_states(mb):
     ):
         minimum_energy_path(mb, [1], xyz(MB_MINIMA["A"]))
     with pytest.raises(ValueError, match="not a stationary point"):
-        minimum_energy_path(mb, [1], xyz(MB_SADDLES["AC"]) + [[0.05, 0.0, 0.0]])
+        minimum_energy_path(mb, [1], xyz(MB_SADDLES["AC"]) + np.array([[0.05, 0.0, 0.0]]))
     # a second-order saddle (maximum in x and y of an inverted trap) has two imaginary frequencies
     hill = HarmonicTrap(np.zeros((1, 3)), np.array([[-1.0, -2.0, 3.0]]))
     with pytest.raises(ValueError, match="found 2"):
