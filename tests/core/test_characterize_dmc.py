@@ -200,6 +200,28 @@ def test_uncertainty_holes_from_third_value_or_callable():
         run_dmc(trap, [1], np.zeros((1, 3)), **kwargs)
 
 
+def test_a_surface_made_of_holes_stops_early_but_keeps_them():
+    trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
+
+    def everywhere_uncertain(positions):
+        e, f = trap(positions)
+        return e, f, np.where(np.linalg.norm(positions[:, 0], axis=-1) > 0, 1.0, 0.0)
+
+    with pytest.warns(RuntimeWarning, match="all walkers died at step 0"):
+        result = run_dmc(
+            everywhere_uncertain,
+            [1],
+            np.zeros((1, 3)),
+            nwalkers=40,
+            nsteps=50,
+            eqsteps=10,
+            seed=0,
+            uncertainty_threshold=0.5,
+        )
+    assert result.stopped and result.n_holes == 40 and len(result.holes) == 40
+    assert len(result.energy_trace) == 0 and np.isnan(result.zpe)
+
+
 def test_blocking_error():
     rng = np.random.default_rng(0)
     white = rng.normal(size=2**14)

@@ -32,6 +32,7 @@ Public units: eV, Angstrom, amu; ``timestep`` and ``alpha`` are in atomic units 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,8 @@ class DMCResult:
         walkers: (W, N, 3) final walker positions (Angstrom), a sample of the ground-state density.
         minimum_energy: V(minimum) in eV (absolute).
         harmonic_zpe: harmonic ZPE of the minimum (eV), None when not computed.
+        stopped: why the run stopped early (population died out or exploded), None if it ran to the end;
+            the traces then cover only the steps done (ZPE nan if none after ``eqsteps``).
     """
 
     zpe: float
@@ -87,6 +90,7 @@ class DMCResult:
     harmonic_zpe: float | None
     settings: dict = field(default_factory=dict)
     wall_time: float = 0.0
+    stopped: str | None = None
 
     @property
     def zpe_cm(self) -> float:
@@ -178,6 +182,8 @@ def run_dmc(
         max_holes: at most this many holes are stored (all are counted and removed).
         batch_size: evaluate the walkers in chunks of this size (memory bound); None = one batch.
         check: verify first that ``positions`` are a minimum (harmonic analysis; ValueError if not).
+        max_population_factor: the run stops (with a warning, keeping what it found) when the population
+            exceeds this multiple of ``nwalkers`` or dies out.
     """
     numbers, positions, masses = validate_system(numbers, positions, masses)
     _check_settings(nwalkers, nsteps, eqsteps, timestep, alpha, max_holes, batch_size)
@@ -212,6 +218,8 @@ def run_dmc(
     potential_trace = np.empty(nsteps)
     population = np.empty(nsteps, dtype=np.int64)
     max_population = int(max_population_factor * nwalkers)
+    stopped = None
+    done = 0
     start = time.perf_counter()
     for step in range(nsteps):
         walkers += sigma * rng.standard_normal(walkers.shape)
@@ -238,25 +246,29 @@ def run_dmc(
         copies = np.floor(np.exp(log_w) + rng.random(len(v))).astype(np.int64)
         walkers, v = np.repeat(walkers, copies, axis=0), np.repeat(v, copies)
         n = len(v)
-        if n == 0:
-            raise RuntimeError(f"DMC: all walkers died at step {step}; reduce the time step")
-        if n > max_population:
-            raise RuntimeError(
-                f"DMC: population exploded to {n} walkers at step {step} (target {nwalkers}); "
-                "reduce the time step or check the potential for holes"
-            )
+        if n == 0 or n > max_population:
+            stopped = (
+                f"all walkers died at step {step}"
+                if n == 0
+                else f"the population exploded to {n} at step {step}"
+            ) + " (time step too large, or a surface full of holes); the results cover the steps before"
+            warnings.warn(f"DMC stopped: {stopped}", RuntimeWarning, stacklevel=2)
+            walkers = walkers[:max_population]
+            break
         mean_v = float(v.mean())
         e_ref = mean_v - alpha_au * (n - nwalkers) / nwalkers
         energy_trace[step] = e_ref
         potential_trace[step] = mean_v
         population[step] = n
+        done = step + 1
     wall = time.perf_counter() - start
 
+    energy_trace, potential_trace, population = energy_trace[:done], potential_trace[:done], population[:done]
     production = energy_trace[eqsteps:]
     holes = hole_store.arrays(len(numbers))
     return DMCResult(
-        zpe=float((production.mean() - v_min_au) * HARTREE),
-        zpe_error=float(blocking_error(production) * HARTREE),
+        zpe=float((production.mean() - v_min_au) * HARTREE) if len(production) else float("nan"),
+        zpe_error=float(blocking_error(production) * HARTREE) if len(production) > 1 else float("nan"),
         energy_trace=(energy_trace - v_min_au) * HARTREE,
         population_trace=population,
         potential_trace=(potential_trace - v_min_au) * HARTREE,
@@ -282,6 +294,7 @@ def run_dmc(
             "collapse_energy": collapse_energy,
         },
         wall_time=wall,
+        stopped=stopped,
     )
 
 
