@@ -82,6 +82,8 @@ class SampleCalculation(MlpesRunCalculation):
         structures = inputs.get("structures", {})
         if not structures:
             return "give at least one structure in the `structures` namespace"
+        if "settings" not in inputs or "driver" not in inputs:
+            return None  # the missing required port is reported by the port validation
         settings = inputs["settings"].get_dict()
         unknown = set(settings) - SETTINGS_KEYS
         if unknown:

@@ -23,12 +23,13 @@ from aiida_mlpes.core import runner
 ENTRY_POINTS = {
     ("aiida.calculations", "mlpes.sample"): "aiida_mlpes.calculations.sample:SampleCalculation",
     ("aiida.parsers", "mlpes.sample"): "aiida_mlpes.parsers.sample:SampleParser",
+    ("aiida.data", "mlpes.model"): "aiida_mlpes.data.model:PESModel",
 }
 
 
 @pytest.fixture(autouse=True)
 def sample_entry_points(monkeypatch):
-    """The mlpes.sample entry points, added for the test when the installation does not declare them yet."""
+    """The entry points this test needs, added for the test when the installation does not declare them yet."""
     import aiida.plugins.entry_point as ep
     from importlib_metadata import EntryPoint, EntryPoints
 
@@ -168,3 +169,35 @@ def test_driver_failure_outputs_the_samples_collected_so_far(runner_code):
     assert 0 < dataset.n_conformations < 30
     assert dataset.get_arrays().energy is None  # label defaults to false: unlabelled
     assert len(results["trajectory"].get_array("energy")) == dataset.n_conformations
+
+
+@pytest.fixture
+def perturbed_model():
+    """A tiny PhysNet for N and H with random (non-flat) weights, stored as a PESModel."""
+    torch = pytest.importorskip("torch")
+    from aiida_mlpes.core.models import ModelConfig, build_model
+    from aiida_mlpes.data.model import PESModel
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(elements=[1, 7], n_features=16, n_rbf=8, n_blocks=1, cutoff=4.0))
+    model.set_reference([-13.6, -1480.0], 0.5)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return PESModel.from_model(model).store()
+
+
+def test_ml_model_drives_the_sampler(runner_code, perturbed_model):
+    settings = orm.Dict(
+        {"sampler": "md", "parameters": {"temperature": 300.0, "steps": 20, "save_interval": 10}}
+    )
+    inputs = _inputs(
+        runner_code, settings=settings, driver=orm.Dict({"name": "mlpes"}), model=perturbed_model
+    )
+    results, node = run_get_node(SampleCalculation, **inputs)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    assert results["dataset"].n_conformations == 2
+    assert results["summary"]["level_of_theory"].startswith("mlpes:")
+    water = {"h2o": orm.StructureData(ase=molecule("H2O"))}
+    with pytest.raises(ValueError, match=r"elements \['O'\] that the model was not trained on"):
+        run_get_node(SampleCalculation, **{**inputs, "structures": water})
