@@ -116,3 +116,15 @@ def test_summary_is_json_and_bad_systems_are_refused():
         langevin_md([atoms, "NH3"], calc, temperature=300)
     with pytest.raises(ValueError, match="seed must be >= 0"):
         langevin_md(atoms, calc, temperature=300, seed=-3)
+
+
+def test_progress_is_logged_at_info_level(caplog, monkeypatch):
+    from aiida_mlpes.core.sampling import _common
+
+    monkeypatch.setattr(_common, "PROGRESS_INTERVAL", 0.0)
+    atoms, calc = _nh3_einstein()
+    with caplog.at_level("INFO", logger="aiida_mlpes.sampling"):
+        langevin_md(atoms, calc, temperature=300, steps=20, save_interval=10, seed=0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("md system 0: 10/20 steps (") and "steps/s" in m for m in messages)
+    assert messages[-1].startswith("md system 0: 20/20 steps")

@@ -15,6 +15,8 @@ import numpy as np
 from ase import Atoms
 
 LOGGER = logging.getLogger("aiida_mlpes.sampling")
+#: Seconds between progress messages of a long run.
+PROGRESS_INTERVAL = 10.0
 
 
 def check_real(name: str, value: Any, *, minimum: float | None = 0.0, strict: bool = True) -> float:
@@ -90,10 +92,12 @@ def random_streams(seed: int | None, n: int) -> tuple[int, list[np.random.Genera
 
 
 class Progress:
-    """Log ``label: done/total unit (rate/s)`` at INFO level at most every ``interval`` seconds."""
+    """Log ``label: done/total unit (rate/s)`` at INFO level at most every ``interval`` seconds
+    (default :data:`PROGRESS_INTERVAL`), and once at the end."""
 
-    def __init__(self, label: str, total: int, unit: str = "steps", interval: float = 10.0) -> None:
-        self.label, self.total, self.unit, self.interval = label, total, unit, interval
+    def __init__(self, label: str, total: int, unit: str = "steps", interval: float | None = None) -> None:
+        self.label, self.total, self.unit = label, total, unit
+        self.interval = PROGRESS_INTERVAL if interval is None else interval
         self.done = 0
         self.start = self.last = time.perf_counter()
 

@@ -22,6 +22,8 @@ samples collected so far are written all the same and the task reports the error
 from __future__ import annotations
 
 import inspect
+import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from aiida_mlpes.core.ragged import RaggedArrays
+from aiida_mlpes.core.sampling._common import LOGGER
 from aiida_mlpes.core.sampling.collective_variables import check_atoms_exist
 from aiida_mlpes.core.sampling.drivers import driver_names, level_of_theory, make_driver
 from aiida_mlpes.core.sampling.mc import check_mc_settings, metropolis_mc
@@ -160,6 +163,11 @@ def run_sample_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
         driver_parameters["model"] = str(workdir / driver_parameters["model"])
     driver = make_driver(driver_spec["name"], **driver_parameters)
     sampler = SAMPLERS[settings["sampler"]]
+    handler = logging.StreamHandler(sys.stdout)  # progress lines go to the job's output file
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    LOGGER.addHandler(handler)
+    level = LOGGER.level
+    LOGGER.setLevel(logging.INFO)
     try:
         result = sampler(systems, driver, seed=settings.get("seed"), **settings.get("parameters", {}))
         error = None
@@ -167,19 +175,24 @@ def run_sample_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
         result, error = exc.result, str(exc)
     except ValueError as exc:
         raise TaskError(str(exc)) from exc
-    level = level_of_theory(driver_spec["name"], driver_spec.get("parameters", {}))
+    finally:
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(level)
+    level_name = level_of_theory(driver_spec["name"], driver_spec.get("parameters", {}))
     label = bool(settings.get("label", False))
     samples_file = settings.get("samples_file", "samples.h5")
     if len(result):
         arrays = result.samples if label else _unlabelled(result.samples)
         arrays.source = np.array([settings.get("source", "")] * len(arrays), dtype=object)
-        write_dataset(workdir / samples_file, arrays, level_of_theory=level if label else "", overwrite=True)
+        write_dataset(
+            workdir / samples_file, arrays, level_of_theory=level_name if label else "", overwrite=True
+        )
     _write_trajectory(workdir / settings.get("trajectory_file", "trajectory.npz"), result)
     if error is not None:
         raise TaskError(f"{error} (written to {samples_file})" if len(result) else error)
     summary = result.summary()
     summary["systems"] = [{k: v for k, v in s.items() if np.ndim(v) == 0} for s in summary["systems"]]
-    summary["level_of_theory"] = level
+    summary["level_of_theory"] = level_name
     summary["labelled"] = label
     return summary
 
