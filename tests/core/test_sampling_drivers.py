@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
-from aiida_mlpes.core.sampling import MonitoredCalculator, langevin_md, make_driver, normal_mode_scan
+from aiida_mlpes.core.sampling import (
+    MonitoredCalculator,
+    langevin_md,
+    make_driver,
+    normal_mode_sampling,
+    normal_mode_scan,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -51,3 +57,16 @@ def test_samplers_run_on_the_ml_driver(model_path):
     assert len(scan) > 1 and np.all(np.abs(scan.samples.energy - scan.systems[0]["reference_energy"]) <= 0.3)
     md = langevin_md(molecule("NH3"), driver, temperature=300.0, steps=20, save_interval=10, seed=1)
     assert len(md) == 2 and np.all(np.isfinite(md.samples.energy))
+
+
+def test_pyscf_driver_by_name():
+    """H2 at HF/STO-3G: the harmonic frequency is 5481 cm^-1 (textbook value ~5480)."""
+    pytest.importorskip("pyscf")
+    driver = make_driver("pyscf", method="HF", basis="sto-3g")
+    result = normal_mode_sampling(
+        molecule("H2"), driver, n_samples=3, temperature=1000, seed=0, optimize=True
+    )
+    assert abs(result.systems[0]["frequencies"][0] - 5481) < 15
+    assert result.samples.dipole is not None and np.all(
+        result.samples.energy > result.systems[0]["reference_energy"]
+    )
