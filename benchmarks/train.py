@@ -153,13 +153,16 @@ def main() -> None:
     )
     asparagus_size = {"elements": [1, 7], "n_features": 128, "n_rbf": 64, "n_blocks": 5, "cutoff": 8.0}
     compact = {"elements": [1, 7], "n_features": 64, "n_rbf": 32, "n_blocks": 2, "cutoff": 8.0}
+    default = ModelConfig(elements=[1, 7])
+    size = f"{default.n_features}/{default.n_rbf}/{default.n_blocks}"
     models = {
         "PhysNet 128/64/5 float32": ModelConfig(**asparagus_size),
         "PhysNet 128/64/5 float64": ModelConfig(**asparagus_size, dtype="float64"),
         "PaiNN 128/64/5 float32": ModelConfig(architecture="painn", **asparagus_size),
-        "PhysNet default": ModelConfig(elements=[1, 7]),
-        "PhysNet compact 64/32/2": ModelConfig(**compact),
+        f"PhysNet default {size}": default,
     }
+    if default != ModelConfig(**compact):
+        models["PhysNet compact 64/32/2"] = ModelConfig(**compact)
     print(f"\n{'model':28s} {'s/epoch':>9s}  Asparagus {ASPARAGUS['s_per_epoch']} s/epoch")
     for name, config in models.items():
         seconds = time_epochs(arrays, split, config, args.timing_epochs, args.threads)
@@ -173,10 +176,7 @@ def main() -> None:
         f"\nwall-time budget {args.budget:.0f} s; Asparagus after 300 epochs ({ASPARAGUS['wall_300_epochs_s']:.0f} s): "
         f"MAE E {target['energy'] * 1000:.1f} meV, F {target['forces']:.3f} eV/A, D {target['dipole']:.3f} eA"
     )
-    runs = {
-        "PhysNet default": (models["PhysNet default"], {}),
-        "PhysNet compact 64/32/2": (models["PhysNet compact 64/32/2"], {}),
-    }
+    runs = {name: (config, {}) for name, config in models.items() if "default" in name or "compact" in name}
     for name, (config, overrides) in runs.items():
         out = train_budget(arrays, split, config, args.budget, args.threads, overrides)
         m = out["metrics"]
