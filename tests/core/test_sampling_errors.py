@@ -128,3 +128,20 @@ def test_progress_is_logged_at_info_level(caplog, monkeypatch):
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("md system 0: 10/20 steps (") and "steps/s" in m for m in messages)
     assert messages[-1].startswith("md system 0: 20/20 steps")
+
+
+def test_monitor_is_right_with_a_driver_that_keeps_a_reference_to_the_atoms():
+    """Some calculators store the Atoms they were given instead of a copy; moving the atoms in place must
+    still trigger a new calculation."""
+    from ase.calculators.calculator import Calculator
+
+    class NoCopy(Calculator):
+        implemented_properties = ["energy", "forces"]
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+            self.atoms = atoms  # no copy
+            self.results = {"energy": float(atoms.positions.sum()), "forces": -np.ones((len(atoms), 3))}
+
+    atoms, _ = _nh3_einstein()
+    result = metropolis_mc(atoms, NoCopy(), temperature=300, steps=50, save_interval=1, seed=0)
+    assert np.allclose(result.samples.energy, result.samples.positions.reshape(50, -1).sum(axis=1))

@@ -104,6 +104,7 @@ class MonitoredCalculator(Calculator):
         self.calls = 0
         self._fresh = True
         self._driver_atoms: Atoms | None = None
+        self._driver_positions = self._driver_numbers = np.zeros(0)
         self._potentials: dict[tuple[int, ...], Any] = {}
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
@@ -158,9 +159,12 @@ class MonitoredCalculator(Calculator):
             last = getattr(driver, "atoms", None)
             if self._fresh:
                 changes = list(all_changes)
-            elif last is not None and last is self._driver_atoms and _same(last.numbers, atoms.numbers):
-                # nobody else used the driver since our last call: only positions can differ
-                changes = [] if _same(last.positions, atoms.positions) else ["positions"]
+            elif (
+                last is not None and last is self._driver_atoms and _same(self._driver_numbers, atoms.numbers)
+            ):
+                # nobody else used the driver since our last call: only positions can differ (compared with
+                # our own copy, in case the driver keeps a reference to the Atoms instead of a copy)
+                changes = [] if _same(self._driver_positions, atoms.positions) else ["positions"]
             else:
                 changes = system_changes(last, atoms)
             self._fresh = False
@@ -170,6 +174,7 @@ class MonitoredCalculator(Calculator):
             if any(p not in driver.results for p in properties):
                 driver.calculate(atoms, properties, changes)
             self._driver_atoms = getattr(driver, "atoms", None)
+            self._driver_positions, self._driver_numbers = atoms.positions.copy(), atoms.numbers.copy()
             results = driver.results
             energy = float(results["energy"])
             out: dict[str, Any] = {"energy": energy, "free_energy": energy}
