@@ -25,6 +25,11 @@ from typing import Any
 #: do not slow down another's.
 TASKS: dict[str, str] = {
     "merge": "aiida_mlpes.core.dataset:run_merge_task",
+    "reference_ase": "aiida_mlpes.core.reference.task:run_ase_label_task",
+    "sample": "aiida_mlpes.core.sampling.task:run_sample_task",
+    "train": "aiida_mlpes.core.training_task:run_train_task",
+    "test": "aiida_mlpes.core.training_task:run_test_task",
+    "characterize": "aiida_mlpes.core.characterize.task:run_characterize_task",
 }
 
 RESULT_FILE = "result.json"
