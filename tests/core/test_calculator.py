@@ -116,3 +116,34 @@ def test_float32_model_close_to_float64():
     np.testing.assert_allclose(e32, e64, atol=1e-4)
     np.testing.assert_allclose(f32, f64, atol=1e-4)
     assert e32.dtype == np.float64
+
+
+@pytest.mark.parametrize("charge", [0, 1])
+def test_numpy_engine_equals_torch_path(charge):
+    calc = MLPESCalculator(make_model(seed=3))
+    pos = walkers(6, seed=4)
+    numpy_pot = calc.as_potential([7, 1, 1, 1], charge=charge)
+    torch_pot = calc.as_potential([7, 1, 1, 1], charge=charge, use_numpy=False)
+    assert numpy_pot._numpy[0] is not None and torch_pot._numpy[0] is None
+    a, b = numpy_pot.run_chunk(0, pos), torch_pot.run_chunk(0, pos)
+    assert set(a) == set(b) == {"energy", "forces", "atomic_charges", "dipole"}
+    for key in a:
+        # torch's softplus is linear above 20 (error ~2e-9); numpy evaluates log1p(exp(x)) throughout
+        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-7, err_msg=key)
+    np.testing.assert_allclose(numpy_pot.energies(pos), torch_pot.energies(pos), rtol=0, atol=1e-7)
+    # weights changed in place are picked up
+    with torch.no_grad():
+        calc.models[0].blocks[0].dense_update.bias.add_(0.1)
+    np.testing.assert_allclose(numpy_pot(pos)[0], torch_pot(pos)[0], rtol=0, atol=1e-7)
+    assert abs(numpy_pot(pos)[0][0] - a["energy"][0]) > 1e-6
+
+
+def test_numpy_engine_overflow_falls_back_to_torch():
+    model = make_model(seed=5, dtype="float32")
+    with torch.no_grad():
+        model.embedding.mul_(1e3)  # pre-activations far beyond float32 exp's range
+    calc = MLPESCalculator(model)
+    e_numpy, f_numpy = calc.as_potential([7, 1, 1, 1])(walkers(2))
+    e_torch, f_torch = calc.as_potential([7, 1, 1, 1], use_numpy=False)(walkers(2))
+    np.testing.assert_array_equal(e_numpy, e_torch)
+    np.testing.assert_array_equal(f_numpy, f_torch)
