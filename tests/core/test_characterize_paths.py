@@ -48,6 +48,20 @@ def test_mep_from_mueller_brown_saddle_ends_in_its_minima(mb, saddle, ends, tmp_
     assert path.plot(tmp_path / "mep.png").stat().st_size > 5000
 
 
+def test_mep_on_raw_mueller_brown_from_rounded_saddle_coordinates():
+    """The classic surface in its own units (energies ~100 'eV'), saddle given to three decimals: the TS is
+    recognised (scale-free Newton-step test), refined, and the path still joins A and C through it."""
+    raw = MullerBrown(scale=1.0, kz=0.0)
+    start = xyz((-0.822, 0.624))
+    assert np.linalg.norm(raw(start[None])[1]) > 0.1  # far from zero force in these units
+    path = minimum_energy_path(raw, [1], start)
+    assert path.converged == (True, True)
+    np.testing.assert_allclose(path.positions[path.ts_index, 0, :2], MB_SADDLES["AC"], atol=1e-5)
+    ends = {tuple(np.round(p[0, :2], 3)) for p in (path.positions[0], path.positions[-1])}
+    assert ends == {tuple(np.round(MB_MINIMA[k], 3)) for k in ("A", "C")}
+    np.testing.assert_allclose(path.energies[[0, -1]].min(), -146.699517, atol=1e-5)
+
+
 def test_mep_mass_weighted_reaches_the_same_minima_for_a_molecule():
     """Proton transfer O-H...O <-> O...H-O on a pair surface: Morse O-H bonds and a stiff O-O spring hold
     the oxygens 3 Angstrom apart, so the symmetric structure is a saddle between two mirror-image minima."""
@@ -118,7 +132,7 @@ def test_bad_transition_states(mb):
     ):
         minimum_energy_path(mb, [1], xyz(MB_MINIMA["A"]))
     with pytest.raises(ValueError, match="not a stationary point"):
-        minimum_energy_path(mb, [1], xyz(MB_SADDLES["AC"]) + np.array([[0.05, 0.0, 0.0]]))
+        minimum_energy_path(mb, [1], xyz(MB_SADDLES["AC"]) + np.array([[0.15, 0.0, 0.0]]))
     # a second-order saddle (maximum in x and y of an inverted trap) has two imaginary frequencies
     hill = HarmonicTrap(np.zeros((1, 3)), np.array([[-1.0, -2.0, 3.0]]))
     with pytest.raises(ValueError, match="found 2"):

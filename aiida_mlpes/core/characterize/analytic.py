@@ -16,8 +16,8 @@ from ase import units as _u
 HBAR_OMEGA_UNIT = float(_u._hbar * np.sqrt(_u._e / (1e-20 * _u._amu)) / _u._e)
 
 
-def harmonic_ground_state(force_constant: float, mass: float) -> float:
-    """Exact zero-point energy 0.5*hbar*omega (eV) of one harmonic degree of freedom (eV/A^2, amu)."""
+def harmonic_ground_state(force_constant: float | np.ndarray, mass: float | np.ndarray) -> float | np.ndarray:
+    """Exact zero-point energy 0.5*hbar*omega (eV) of harmonic degrees of freedom (eV/A^2, amu)."""
     return 0.5 * HBAR_OMEGA_UNIT * np.sqrt(force_constant / mass)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from ase import units as _u
 
 from aiida_mlpes.core.characterize._common import evaluate, validate_system
-from aiida_mlpes.core.characterize.mep import PathResult, imaginary_mode
+from aiida_mlpes.core.characterize.mep import PathResult, prepare_ts
 from aiida_mlpes.core.potential import Potential
 
 
@@ -32,7 +32,8 @@ def minimum_dynamic_path(
     displacement: float = 0.01,
     kinetic_energy: float = 0.0,
     record_every: int = 1,
-    ts_fmax: float = 0.05,
+    ts_tolerance: float = 0.05,
+    refine_ts: bool = True,
     check: bool = True,
 ) -> PathResult:
     """MDP from ``ts_positions`` (Angstrom): ``nsteps`` velocity-Verlet steps of ``timestep`` fs each way.
@@ -40,7 +41,8 @@ def minimum_dynamic_path(
     ``kinetic_energy`` (eV) starts each trajectory moving away from the TS along the imaginary mode
     (0 = at rest, the paper's v0 = 0). The result's ``coordinate`` is the time in fs (negative for the
     backward branch, whose start, at TS - displacement, is ``ts_index``); ``extra`` holds ``kinetic_energy`` and ``total_energy`` (eV) per frame, so energy
-    conservation can be checked.
+    conservation can be checked. The TS is checked and refined as in :func:`minimum_energy_path`
+    (``ts_tolerance``, ``refine_ts``, ``check``).
     """
     numbers, ts_positions, masses = validate_system(numbers, ts_positions, masses, name="ts_positions")
     if not timestep > 0:
@@ -49,7 +51,9 @@ def minimum_dynamic_path(
         raise ValueError("nsteps and record_every must be positive, displacement and kinetic_energy >= 0")
     if displacement == 0 and kinetic_energy == 0:
         raise ValueError("displacement or kinetic_energy must be positive to leave the transition state")
-    direction, _ = imaginary_mode(potential, numbers, ts_positions, masses, ts_fmax, check=check)
+    ts_positions, direction, _ = prepare_ts(
+        potential, numbers, ts_positions, masses, ts_tolerance, refine=refine_ts, check=check
+    )
     m = masses[None, :, None]
     dt = timestep * _u.fs  # ASE time unit: Angstrom sqrt(amu/eV)
     signs = np.array([-1.0, 1.0])[:, None, None]

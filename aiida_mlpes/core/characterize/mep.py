@@ -21,8 +21,9 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
 from aiida_mlpes.core.characterize._common import evaluate, validate_system
-from aiida_mlpes.core.characterize.frequencies import DEFAULT_STEP, NormalModes, normal_modes
-from aiida_mlpes.core.characterize.stationary import check_transition_state
+from aiida_mlpes.core.characterize.frequencies import NormalModes, normal_modes
+from aiida_mlpes.core.characterize.optimize import optimize_ts
+from aiida_mlpes.core.characterize.stationary import IMAGINARY_TOLERANCE, check_transition_state, newton_step
 from aiida_mlpes.core.potential import Potential
 
 
@@ -79,28 +80,36 @@ class PathResult:
         return plot_path(self, path, title=title)
 
 
-def imaginary_mode(
+def prepare_ts(
     potential: Potential,
     numbers: np.ndarray,
     ts_positions: np.ndarray,
     masses: np.ndarray,
-    fmax: float,
-    hessian_step: float = DEFAULT_STEP,
+    tolerance: float = 0.05,
+    refine: bool = True,
     check: bool = True,
-) -> tuple[np.ndarray, NormalModes]:
-    """Unit Cartesian displacement (N, 3) along the TS's imaginary mode, sign fixed so that its largest
-    component is positive; raises ``ValueError`` if the structure is not a first-order saddle point."""
-    modes = normal_modes(potential, numbers, ts_positions, masses, step=hessian_step, project="auto")
-    if check:
-        forces = evaluate(potential, ts_positions[None])[1][0]
-        index = check_transition_state(modes, forces, fmax=fmax)
-    else:
-        index = 0
+) -> tuple[np.ndarray, np.ndarray, NormalModes]:
+    """Check and polish a transition state; return its positions, the unit Cartesian displacement (N, 3)
+    along its imaginary mode (sign fixed: largest component positive) and its normal modes.
+
+    Raises ``ValueError`` unless the structure has exactly one imaginary frequency and lies within
+    ``tolerance`` Angstrom (Newton step) of the saddle. ``refine`` then converges it with P-RFO, so that the
+    paths start from the saddle itself.
+    """
+    modes = normal_modes(potential, numbers, ts_positions, masses, project="auto")
+    forces = evaluate(potential, ts_positions[None])[1][0]
+    index = check_transition_state(modes, forces, tolerance=tolerance) if check else 0
+    if refine and np.linalg.norm(newton_step(modes, forces), axis=1).max() > 1e-6:
+        refined = optimize_ts(potential, numbers, ts_positions, masses, fmax=1e-6, steps=30, xtol=1e-6)
+        assert refined.modes is not None
+        if len(refined.modes.imaginary(IMAGINARY_TOLERANCE)) == 1:
+            ts_positions, modes = refined.positions, refined.modes
+            index = int(modes.imaginary(IMAGINARY_TOLERANCE)[0])
     direction = modes.modes[index].copy()
     flat = direction.reshape(-1)
     if flat[np.argmax(np.abs(flat))] < 0:
         direction *= -1
-    return direction, modes
+    return ts_positions, direction, modes
 
 
 def minimum_energy_path(
@@ -115,7 +124,8 @@ def minimum_energy_path(
     max_move: float = 0.05,
     mass_weighted: bool = False,
     record_every: int = 1,
-    ts_fmax: float = 0.05,
+    ts_tolerance: float = 0.05,
+    refine_ts: bool = True,
     check: bool = True,
 ) -> PathResult:
     """MEP from the transition state ``ts_positions`` (Angstrom) down both sides (paper eq. 13).
@@ -128,12 +138,16 @@ def minimum_energy_path(
         max_move: largest displacement of any atom in one step (Angstrom).
         mass_weighted: steepest descent in mass-weighted coordinates (the IRC).
         record_every: keep every k-th point of each branch (the ends are always kept).
-        ts_fmax, check: the TS must have one imaginary frequency and forces below ``ts_fmax``.
+        ts_tolerance, check: the TS must have exactly one imaginary frequency and lie within
+            ``ts_tolerance`` Angstrom of the saddle point (Newton step); ``refine_ts`` polishes it first
+            (P-RFO), so the path runs through the saddle itself.
     """
     numbers, ts_positions, masses = validate_system(numbers, ts_positions, masses, name="ts_positions")
     if not displacement > 0 or not fmax > 0 or not max_move > 0 or max_steps < 1 or record_every < 1:
         raise ValueError("displacement, fmax, max_move, max_steps and record_every must be positive")
-    direction, modes = imaginary_mode(potential, numbers, ts_positions, masses, ts_fmax, check=check)
+    ts_positions, direction, modes = prepare_ts(
+        potential, numbers, ts_positions, masses, ts_tolerance, refine=refine_ts, check=check
+    )
     weight = (1.0 / masses if mass_weighted else np.ones(len(masses)))[None, :, None]
     if step_size is None:
         w = np.repeat(np.sqrt(weight.reshape(-1)), 3)

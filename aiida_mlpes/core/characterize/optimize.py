@@ -37,14 +37,15 @@ from aiida_mlpes.core.potential import Potential
 class PotentialCalculator(Calculator):
     """An ASE calculator (energy, forces) backed by a batched Potential (batch of one)."""
 
-    implemented_properties = ("energy", "forces")
+    implemented_properties = ["energy", "forces"]
 
     def __init__(self, potential: Potential, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.potential = potential
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:  # type: ignore[override]
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
+        assert self.atoms is not None
         energies, forces, _ = evaluate(self.potential, self.atoms.positions[None])
         self.results = {"energy": float(energies[0]), "forces": forces[0]}
 
@@ -107,13 +108,15 @@ def optimize_ts(
     mode: int = 0,
     method: Literal["finite_difference", "autograd"] = "finite_difference",
     step: float = DEFAULT_STEP,
+    xtol: float = 0.0,
 ) -> OptimizationResult:
     """Find a first-order saddle point near ``positions`` (Angstrom) by P-RFO with the exact Hessian.
 
     Follows Hessian eigenvector ``mode`` (0 = lowest) at the start, then the eigenvector with the
     largest overlap with the previous one. ``trust_radius`` caps the step (Angstrom). Translations and
     rotations are projected out when the potential is translation invariant. The result's ``modes`` are
-    the harmonic analysis at the final geometry.
+    the harmonic analysis at the final geometry. Converged when the largest atomic force is below
+    ``fmax`` (eV/Angstrom) or the P-RFO step is shorter than ``xtol`` (Angstrom; 0 = off).
     """
     numbers, x, masses = validate_system(numbers, positions, masses)
     if not fmax > 0 or not trust_radius > 0:
@@ -153,6 +156,13 @@ def optimize_ts(
         if length > trust_radius:
             dx *= trust_radius / length
         x = x + dx.reshape(n, 3)
+        if length < xtol:
+            converged = True
+            energies, forces, _ = evaluate(potential, x[None])
+            max_force = float(np.linalg.norm(forces[0], axis=1).max())
+            hessian = compute_hessian(potential, x, method, step)
+            taken += 1
+            break
     modes = modes_from_hessian(hessian, x, masses, project="auto")
     return OptimizationResult(
         positions=x,

@@ -55,15 +55,28 @@ def check_minimum(
             )
 
 
+def newton_step(modes: NormalModes, forces: np.ndarray, flat: float = 1.0) -> np.ndarray:
+    """Cartesian displacement (N, 3) in Angstrom to the stationary point of the quadratic model (a Newton
+    step in mass-weighted coordinates, over all modes whose frequency exceeds ``flat`` cm^-1 in magnitude)."""
+    inv_sqrt_m = np.repeat(1.0 / np.sqrt(modes.masses), 3)
+    g_mw = -np.asarray(forces, dtype=float).reshape(-1) * inv_sqrt_m
+    keep = np.abs(modes.frequencies) > flat
+    vectors = modes.mass_weighted_modes.reshape(len(modes.frequencies), -1)[keep]
+    eigenvalues = modes.force_constants[keep] / modes.reduced_masses[keep]
+    q = -((vectors @ g_mw) / eigenvalues) @ vectors
+    return (q * inv_sqrt_m).reshape(-1, 3)
+
+
 def check_transition_state(
     modes: NormalModes,
     forces: np.ndarray,
-    fmax: float = 0.05,
+    tolerance: float = 0.05,
     imaginary_tolerance: float = IMAGINARY_TOLERANCE,
     what: str = "ts_positions",
 ) -> int:
-    """Raise ``ValueError`` unless the structure is a first-order saddle point (exactly one imaginary
-    frequency beyond ``imaginary_tolerance`` cm^-1, max atomic force below ``fmax`` eV/Angstrom).
+    """Raise ``ValueError`` unless the structure is (near) a first-order saddle point: exactly one imaginary
+    frequency beyond ``imaginary_tolerance`` cm^-1, and the Newton step to the stationary point moves no
+    atom by more than ``tolerance`` Angstrom (a test independent of the energy scale).
 
     Returns the index of the imaginary mode.
     """
@@ -74,10 +87,11 @@ def check_transition_state(
             f"{what} are not a transition state: expected exactly one imaginary frequency, found "
             f"{len(imaginary)} ({listed} cm^-1); optimize it first (characterize.optimize.optimize_ts)"
         )
-    force = float(np.linalg.norm(np.reshape(forces, (-1, 3)), axis=1).max())
-    if force > fmax:
+    step = float(np.linalg.norm(newton_step(modes, forces), axis=1).max())
+    if step > tolerance:
+        force = float(np.linalg.norm(np.reshape(forces, (-1, 3)), axis=1).max())
         raise ValueError(
-            f"{what} are not a stationary point: max force {force:.3g} eV/Angstrom > {fmax} "
-            "(characterize.optimize.optimize_ts refines a transition state)"
+            f"{what} are not a stationary point: max force {force:.3g} eV/Angstrom, the saddle is ~{step:.3g} "
+            f"Angstrom away (> {tolerance}); optimize it first (characterize.optimize.optimize_ts)"
         )
     return int(imaginary[0])

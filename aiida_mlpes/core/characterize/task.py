@@ -21,6 +21,7 @@ Units: eV, Angstrom, amu, cm^-1.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from aiida_mlpes.core.characterize.optimize import optimize_minimum, optimize_ts
 from aiida_mlpes.core.units import INV_CM
 
 #: Task name -> function whose keyword options it accepts (in the order the tasks run).
-TASK_FUNCTIONS = {
+TASK_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "optimize": optimize_minimum,
     "optimize_ts": optimize_ts,
     "frequencies": normal_modes,
@@ -93,7 +94,9 @@ def check_settings(settings: dict[str, Any]) -> None:
     check_tasks(settings.get("tasks"), "ts_structure" in settings)
 
 
-def make_potential(driver: dict[str, Any], numbers: np.ndarray, charge: float, workdir: Path, with_std: bool):
+def make_potential(
+    driver: dict[str, Any], numbers: np.ndarray, charge: float, workdir: Path, with_std: bool
+) -> Any:
     """A batched Potential for ``driver`` (the ML model's own batched one when it has ``as_potential``)."""
     from aiida_mlpes.core.potential import ASEPotential
     from aiida_mlpes.core.sampling.drivers import make_driver
@@ -104,10 +107,10 @@ def make_potential(driver: dict[str, Any], numbers: np.ndarray, charge: float, w
         parameters["model"] = (
             [str(workdir / m) for m in model] if isinstance(model, list) else str(workdir / model)
         )
-        calculator = make_driver("mlpes", **parameters)
+        calculator: Any = make_driver("mlpes", **parameters)
         return calculator.as_potential(numbers, charge=charge, return_std=with_std)
     calculator = make_driver(driver["name"], **{"charge": round(charge), **parameters})
-    return ASEPotential(calculator, numbers, charge=round(charge))
+    return ASEPotential(calculator, [int(z) for z in numbers], charge=round(charge))
 
 
 def run_characterize_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -119,8 +122,10 @@ def run_characterize_task(settings: dict[str, Any], workdir: Path) -> dict[str, 
     workdir = Path(workdir)
     try:
         check_settings(settings)
-        atoms = read(workdir / settings["structure"])
-        ts_atoms = read(workdir / settings["ts_structure"]) if "ts_structure" in settings else None
+        atoms: Any = read(workdir / settings["structure"], index=0)
+        ts_atoms: Any = (
+            read(workdir / settings["ts_structure"], index=0) if "ts_structure" in settings else None
+        )
         if ts_atoms is not None and list(ts_atoms.numbers) != list(atoms.numbers):
             raise ValueError("structure and ts_structure must have the same atoms in the same order")
     except (ValueError, OSError) as exc:
@@ -170,6 +175,7 @@ def _run(
 
     ts_positions = None if ts_atoms is None else ts_atoms.positions
     if "optimize_ts" in tasks:
+        assert ts_positions is not None  # check_tasks requires a TS structure
         ts = optimize_ts(potential, numbers, ts_positions, masses=masses, **tasks["optimize_ts"])
         if not ts.converged:
             raise ValueError(
@@ -195,6 +201,7 @@ def _run(
 
     for name, function in (("mep", minimum_energy_path), ("mdp", minimum_dynamic_path)):
         if name in tasks:
+            assert ts_positions is not None  # check_tasks requires a TS structure
             path = function(potential, numbers, ts_positions, masses=masses, **tasks[name])
             path.write(workdir / FILES[name])
             path.plot(
