@@ -193,6 +193,12 @@ class MLPotential:
             result["dipole"] = out["dipole"].cpu().numpy().astype(np.float64)
         return result
 
+    def refresh(self) -> None:
+        """Re-read the models' weights (only needed after writing to ``param.data`` directly)."""
+        for engine in self._numpy:
+            if engine is not None:
+                engine.refresh()
+
     def evaluate(self, positions: np.ndarray, forces: bool = True) -> dict[str, np.ndarray]:
         """All results for (B, N, 3) positions: ``energy`` (B,), ``forces`` (B, N, 3) if asked, and for
         committees ``energy_std`` (B,) and ``forces_std`` (B, N, 3); eV and eV/Angstrom."""

@@ -136,6 +136,10 @@ def test_numpy_engine_equals_torch_path(charge):
         calc.models[0].blocks[0].dense_update.bias.add_(0.1)
     np.testing.assert_allclose(numpy_pot(pos)[0], torch_pot(pos)[0], rtol=0, atol=1e-7)
     assert abs(numpy_pot(pos)[0][0] - a["energy"][0]) > 1e-6
+    # writes through .data bypass the version counter: refresh() re-reads the weights
+    calc.models[0].blocks[0].dense_update.bias.data.add_(0.1)
+    numpy_pot.refresh()
+    np.testing.assert_allclose(numpy_pot(pos)[0], torch_pot(pos)[0], rtol=0, atol=1e-7)
 
 
 def test_numpy_engine_overflow_falls_back_to_torch():

@@ -5,7 +5,8 @@ torch's on CPU (a (4, 128) x (128, 128) matmul: ~2.6 us against ~6.5 us). This m
 forward and hand-written reverse pass of ``fast.py`` with numpy arrays, for molecules of identical
 composition: every atom has the same number (n - 1) of pairs, stored consecutively, so sums over pairs
 are reshapes instead of scatters. Weights are copied (transposed, contiguous) from the model and copied
-again whenever a parameter changes. Exponent overflow (pre-activations above ~88 in float32) raises
+again when a parameter changes through torch (its version counter moves, e.g. ``load_state_dict``, an
+optimizer step); writes through ``param.data`` bypass that counter: call :meth:`NumpyPhysNet.refresh`. Exponent overflow (pre-activations above ~88 in float32) raises
 :class:`FloatingPointError`; the caller then falls back to the torch path. Results equal the torch path to
 rounding (tests compare them in float64).
 """
@@ -75,6 +76,11 @@ class NumpyPhysNet:
             and model.dispersion is None
             and model.element_energies.device.type == "cpu"
         )
+
+    def refresh(self) -> None:
+        """Copy the model's weights again (needed only after writes through ``param.data``)."""
+        self._signature = ()
+        self._weights()
 
     def _weights(self) -> None:
         """(Re)copy the weights when any parameter changed since the last copy."""
