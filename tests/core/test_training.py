@@ -370,3 +370,13 @@ def test_parent_module_and_model_file_roundtrip(tmp_path, nh3):
     from_file = Trainer(config=quick(), workdir=tmp_path / "b", parent=path)
     for a, b in zip(from_module.model.parameters(), from_file.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_painn_trains_and_its_loss_drops(tmp_path, nh3):
+    config = quick(max_epochs=40, learning_rate=5e-3, validation_interval=40, checkpoint_interval=40)
+    result = Trainer(tiny_config(architecture="painn"), config, tmp_path).fit(
+        nh3, np.arange(8), np.arange(8, 12)
+    )
+    curve = read_curve(result.learning_curve)
+    assert min(curve["train_loss"][-5:]) < 0.2 * curve["train_loss"][0]
+    assert load_model(result.best_model).config.architecture == "painn"
