@@ -118,6 +118,8 @@ class MLPotential:
         self.n_atoms = len(self.numbers)
         self.charge = float(charge)
         self.chunk_size = int(chunk_size)
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self.return_std = return_std
         first = self.models[0]
         self.device = first.element_energies.device

@@ -131,7 +131,8 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> AtomisticModel:
-    """Load a model written by :func:`save_model`, in eval mode on ``device``; ``model.metadata`` is set."""
+    """Load a model written by :func:`save_model`, in eval mode on ``device`` (``"auto"``: cuda if
+    available); ``model.metadata`` holds the stored metadata."""
     content = read_model_file(path)
     try:
         config = ModelConfig.from_dict(dict(content["config"]))
@@ -140,4 +141,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> A
     except (ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise ModelFileError(f"model file {path} does not match its stored configuration: {exc}") from exc
     model.metadata = dict(content.get("metadata") or {})
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval()
