@@ -5,13 +5,15 @@ speed does not depend on the weights), evaluated through ``MLPESCalculator.as_po
 energy-only path). Also measures the DMC loop's own overhead on a cheap analytic potential, and peak
 memory (resident set size) after runs of different lengths to show that memory does not grow with nsteps.
 
-Usage: ``.venv/bin/python benchmarks/dmc.py [--steps 30] [--walkers 1000 10000] [--threads 2]``.
-Figures are noisy on a shared machine; nothing here is asserted.
+Usage: ``.venv/bin/python benchmarks/dmc.py [--steps 30] [--walkers 1000 10000] [--threads 1 2]``.
+Figures are noisy on a shared machine (a second OpenMP thread waiting for a busy core can slow torch down
+several times, so both 1 and 2 threads are timed); nothing here is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
 import time
@@ -52,7 +54,7 @@ def run(potential, nwalkers: int, nsteps: int, label: str) -> None:
     wall = time.perf_counter() - start
     ws = result.population_trace.sum()
     print(
-        f"{label:<28s} walkers {nwalkers:>6d}  steps {nsteps:>5d}  {ws / result.wall_time:>12,.0f} walker-steps/s"
+        f"{label:<32s} walkers {nwalkers:>6d}  steps {nsteps:>5d}  {ws / result.wall_time:>12,.0f} walker-steps/s"
         f"  ({result.wall_time / nsteps * 1e3:7.1f} ms/step, total {wall:5.1f} s)  peak RSS {peak_rss_mb():7.0f} MB"
     )
 
@@ -61,11 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--walkers", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     trap = HarmonicTrap(NH3, 30.0)
     for nwalkers in args.walkers:
         run(trap, nwalkers, 200, "DMC loop only (analytic)")
@@ -80,9 +80,11 @@ def main() -> None:
         path = save_model(model, Path(tmp) / "physnet.pt")
         potential = MLPESCalculator(path).as_potential(NUMBERS)
     print(f"PhysNet: {n_params:,} parameters, float32")
-    run(potential, 100, 3, "warm-up")
-    for nwalkers in args.walkers:
-        run(potential, nwalkers, args.steps, "PhysNet NH3")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        run(potential, 100, 3, f"warm-up, {threads} thread(s)")
+        for nwalkers in args.walkers:
+            run(potential, nwalkers, args.steps, f"PhysNet NH3, {threads} thread(s)")
     for nsteps in (args.steps, 2 * args.steps):
         run(potential, args.walkers[-1], nsteps, "PhysNet NH3 (memory vs steps)")
 

@@ -97,6 +97,30 @@ def test_reproducible_from_seed_and_traces():
     assert abs(a.population_trace[50:].mean() - 300) < 30
 
 
+def test_memory_does_not_grow_with_steps():
+    import tracemalloc
+
+    trap = HarmonicTrap(np.zeros((3, 3)), 30.0)
+    peaks = []
+    for nsteps in (200, 4000):
+        tracemalloc.start()
+        run_dmc(
+            trap,
+            [1, 1, 1],
+            np.zeros((3, 3)),
+            nwalkers=500,
+            nsteps=nsteps,
+            eqsteps=10,
+            seed=0,
+            check=False,
+            collapse_factor=0,
+        )
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    # only the three scalar traces grow: 3800 steps x 3 x 8 bytes ~ 90 kB
+    assert peaks[1] - peaks[0] < 200_000, peaks
+
+
 def test_one_batched_call_per_step_energies_only_and_chunks():
     trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
     sizes = []
