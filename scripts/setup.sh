@@ -7,7 +7,8 @@
 # Idempotent: a second run reuses the venv, the profile, the computer and the codes.
 # Environment: PYTHON (default python3), VENV (default ./.venv), AIIDA_PATH (default ./.aiida, keeps the
 # project's profile away from ~/.aiida), MLPES_PROFILE (default mlpes), MLPES_TORCH (default torch==2.13.0,
-# the CPU wheel; GPU users install their own torch first and set MLPES_TORCH=skip).
+# the CPU wheel; GPU users install their own torch first and set MLPES_TORCH=skip), MLPES_DEMO_ARGS (e.g.
+# --fast for the smaller demo that CI runs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,7 +49,8 @@ step "AiiDA profile '$PROFILE', computer and codes (AIIDA_PATH=$AIIDA_PATH)"
 
 if [ "$RUN_DEMO" -eq 1 ]; then
   step "NH3 demo"
-  PATH="$VENV/bin:$PATH" "$VENV/bin/verdi" -p "$PROFILE" run "$ROOT/workflows/nh3_demo.py"
+  # MLPES_DEMO_ARGS=--fast runs a smaller demo (CI)
+  PATH="$VENV/bin:$PATH" "$VENV/bin/verdi" -p "$PROFILE" run "$ROOT/workflows/nh3_demo.py" ${MLPES_DEMO_ARGS:-}
 fi
 
 cat <<MSG

@@ -118,7 +118,10 @@ class ConstructPESWorkChain(WorkChain):
             CharacterizeCalculation,
             namespace="characterize",
             exclude=("model", "driver", "structure", "charge"),
-            namespace_options={"help": "Characterization tasks; must include dmc (the hole search)."},
+            namespace_options={
+                "help": "Characterization tasks; must include dmc (the hole search). 'optimize' (on the model's "
+                "surface, from `structure`) is added when missing."
+            },
         )
         # The exposed validators expect the ports this work chain fills in itself (structures, dataset, model);
         # validate_inputs checks the same things with those ports supplied.
@@ -279,6 +282,9 @@ class ConstructPESWorkChain(WorkChain):
 
     def run_characterization(self):
         inputs = self.exposed_inputs(CharacterizeCalculation, namespace="characterize")
+        tasks = inputs["tasks"].get_dict()
+        if "optimize" not in tasks:  # DMC and frequencies need the minimum of this model's surface
+            inputs["tasks"] = orm.Dict({"optimize": {}, **tasks})
         inputs.update(
             model=self.ctx.model, structure=self.inputs.structure, charge=orm.Float(self.inputs.charge.value)
         )
