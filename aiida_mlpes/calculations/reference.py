@@ -200,6 +200,10 @@ class ReferenceCalculation(CalcJob):
 
     PROGRAM: ClassVar[str] = ""
     RETRIEVE: ClassVar[list[str]] = []
+    #: Keep every per-structure input file in the node's repository. When False (cheap methods, many
+    #: structures) they are excluded and one multi-frame ``structures.xyz`` is stored instead, since
+    #: storing hundreds of small objects dominates the upload time.
+    STORE_STRUCTURE_INPUTS: ClassVar[bool] = True
     #: Name (without extension) of structure ``k`` of the job.
     NAME_FORMAT: ClassVar[str] = "s{:05d}"
 
@@ -262,12 +266,14 @@ class ReferenceCalculation(CalcJob):
 
     def write_text(self, folder: Folder, name: str, text: str) -> None:
         folder.create_file_from_filelike(io.StringIO(text), name, mode="w")
+        self._written.append(name)
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
         indices = self.selected_indices()
         arrays = load_structures(self.inputs.structures, indices)
         parameters = self.inputs.parameters.get_dict()
-        codes_info = []
+        codes_info: list[CodeInfo] = []
+        self._written: list[str] = []
         for k, index in enumerate(indices):
             name = self.NAME_FORMAT.format(k)
             sl = arrays.atom_slice(k)
@@ -279,6 +285,19 @@ class ReferenceCalculation(CalcJob):
             codes_info.append(codeinfo)
         calcinfo = CalcInfo()
         calcinfo.codes_info = codes_info
+        if not self.STORE_STRUCTURE_INPUTS:
+            from ase.data import chemical_symbols
+
+            frames = []
+            for k, index in enumerate(indices):
+                sl = arrays.atom_slice(k)
+                frames.append(f"{int(arrays.n_atoms[k])}\nstructure {index}")
+                frames.extend(
+                    f"{chemical_symbols[z]} {x:.12f} {y:.12f} {zz:.12f}"
+                    for z, (x, y, zz) in zip(arrays.atomic_numbers[sl], arrays.positions[sl], strict=True)
+                )
+            self.write_text(folder, "structures.xyz", "\n".join(frames) + "\n")
+            calcinfo.provenance_exclude_list = [n for n in self._written if n != "structures.xyz"]
         calcinfo.codes_run_mode = CodeRunMode.SERIAL
         if self.inputs.keep_raw_outputs.value:
             calcinfo.retrieve_list = list(self.RETRIEVE)

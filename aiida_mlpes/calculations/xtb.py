@@ -36,14 +36,10 @@ class XtbCalculation(ReferenceCalculation):
     """xtb energy + gradient for every structure (``xtb sNNNNN.xyz --grad --json --namespace sNNNNN``)."""
 
     PROGRAM: ClassVar[str] = "xtb"
-    RETRIEVE: ClassVar[list[str]] = [
-        "s*.out",
-        "s*.err",
-        "s*.energy",
-        "s*.gradient",
-        "s*.xtbout.json",
-        "s*.charges",
-    ]
+    #: stdout/stderr (status, dipole), gradient (energy and gradient, 11-14 digits) and xtbout.json
+    #: (dipole, charges); xtb's separate energy and charges files repeat these and are not retrieved.
+    RETRIEVE: ClassVar[list[str]] = ["s*.out", "s*.err", "s*.gradient", "s*.xtbout.json"]
+    STORE_STRUCTURE_INPUTS: ClassVar[bool] = False
 
     @classmethod
     def check_parameters(cls, parameters: dict[str, Any]) -> None:

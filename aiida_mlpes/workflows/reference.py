@@ -117,7 +117,9 @@ def _define_common_inputs(spec) -> None:
     spec.output(
         "excluded",
         valid_type=orm.Dict,
-        help="Structures given up after their retries: {index: {category, message, attempts}}.",
+        required=False,
+        help="Structures given up after their retries: {index: {category, message, attempts}}; only present "
+        "when something was excluded.",
     )
 
 
@@ -337,7 +339,8 @@ class ReferenceBaseWorkChain(BaseRestartWorkChain):
         return ProcessHandlerReport(do_break=True)
 
     def results(self) -> ExitCode | None:
-        self.out("excluded", self._exclusions())
+        if self.ctx.excluded:
+            self.out("excluded", self._exclusions())
         datasets = self.ctx.datasets
         if not datasets:
             return self.exit_codes.ERROR_ALL_STRUCTURES_EXCLUDED
@@ -451,13 +454,13 @@ class ReferenceWorkChain(WorkChain):
             elif not node.is_finished_ok and node.exit_status != 403:
                 return self.exit_codes.ERROR_BATCH_FAILED.format(pk=node.pk, message=node.exit_message)
         batches = [self.ctx[f"batch_{k:04d}"] for k in range(len(self.ctx.batches))]
-        if len(batches) == 1:
-            self.out("excluded", batches[0].outputs.excluded)
-        else:
-            self.out(
-                "excluded",
-                join_exclusions(**{f"batch_{k:04d}": b.outputs.excluded for k, b in enumerate(batches)}),
-            )
+        excluded = {
+            f"batch_{k:04d}": b.outputs.excluded for k, b in enumerate(batches) if "excluded" in b.outputs
+        }
+        if len(excluded) == 1:
+            self.out("excluded", next(iter(excluded.values())))
+        elif excluded:
+            self.out("excluded", join_exclusions(**excluded))
         if not datasets:
             return self.exit_codes.ERROR_ALL_STRUCTURES_EXCLUDED
         self.out("dataset", datasets[0] if len(datasets) == 1 else _merge(datasets))

@@ -42,8 +42,9 @@ def nh3_arrays(n: int = 4, seed: int = 0, scale: float = 0.05) -> RaggedArrays:
 
 @pytest.fixture
 def xtb_code(aiida_code_installed):
-    return aiida_code_installed(filepath_executable=str(Path(XTB or "/usr/bin/xtb").resolve()),
-                                default_calc_job_plugin="mlpes.xtb")
+    return aiida_code_installed(
+        filepath_executable=str(Path(XTB or "/usr/bin/xtb").resolve()), default_calc_job_plugin="mlpes.xtb"
+    )
 
 
 def test_prepare_for_submission(xtb_code):
@@ -60,7 +61,9 @@ def test_prepare_for_submission(xtb_code):
         calcinfo = process.prepare_for_submission(folder)
         names = sorted(folder.get_content_list())
         xyz = Path(folder.get_abs_path("s00000.xyz")).read_text().splitlines()
-    assert names == ["s00000.xyz", "s00001.xyz"]
+    assert names == ["s00000.xyz", "s00001.xyz", "structures.xyz"]
+    # the per-structure files are not stored twice: one multi-frame structures.xyz is kept for provenance
+    assert calcinfo.provenance_exclude_list == ["s00000.xyz", "s00001.xyz"]
     # structure k=0 of the job is conformation 2 of the dataset
     assert xyz[0] == "4" and xyz[1] == "aiida-mlpes structure 2"
     np.testing.assert_allclose([float(x) for x in xyz[2].split()[1:]], nh3_arrays(3).positions[8], atol=1e-11)
@@ -83,7 +86,11 @@ def _launch(code, structures, **kwargs):
 @pytest.mark.parametrize(
     ("mutate", "kwargs", "message"),
     [
-        (lambda a: a.positions.__setitem__(5, a.positions[4] + 0.2), {}, "conformation 1: atoms 0 \\(N\\) and 1"),
+        (
+            lambda a: a.positions.__setitem__(5, a.positions[4] + 0.2),
+            {},
+            "conformation 1: atoms 0 \\(N\\) and 1",
+        ),
         (lambda a: a.atomic_numbers.__setitem__(0, 92), {}, "Z <= 86"),
         (lambda a: None, {"multiplicity": 2}, "10 electrons \\(even\\), which does not fit multiplicity 2"),
         (lambda a: None, {"charge": 1}, "9 electrons \\(odd\\)"),
@@ -104,7 +111,9 @@ def test_bad_input_rejected_before_submission(xtb_code, mutate, kwargs, message)
 def test_unknown_element_rejected_before_submission(xtb_code):
     """A dataset cannot even hold an unknown element; a trajectory with a dummy atom 'X' is rejected."""
     trajectory = orm.TrajectoryData()
-    trajectory.set_trajectory(symbols=["X", "H", "H", "H"], positions=nh3_arrays(2).positions.reshape(2, 4, 3))
+    trajectory.set_trajectory(
+        symbols=["X", "H", "H", "H"], positions=nh3_arrays(2).positions.reshape(2, 4, 3)
+    )
     with pytest.raises(ValueError, match="atom 0 has atomic number 0, not a known element"):
         _launch(xtb_code, trajectory)
 

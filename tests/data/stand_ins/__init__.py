@@ -31,7 +31,9 @@ def ensure_entry_points() -> None:
 
     current = ep.eps()
     known = {(e.group, e.name) for e in current}
-    missing = [EntryPoint(name=n, value=v, group=g) for (g, n), v in ENTRY_POINTS.items() if (g, n) not in known]
+    missing = [
+        EntryPoint(name=n, value=v, group=g) for (g, n), v in ENTRY_POINTS.items() if (g, n) not in known
+    ]
     if not missing:
         return
     table = EntryPoints(list(current) + missing)

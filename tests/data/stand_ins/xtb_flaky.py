@@ -36,9 +36,12 @@ def main(argv: list[str]) -> int:
         marker = Path(config["state_dir"]) / f"killed_{index}"
         if not marker.exists():
             marker.write_text("killed once\n")
-            print("      -----------------------------------------------------------\n"
-                  "     |                   x T B                                   |\n"
-                  "   * xtb version 6.5.1 (stand-in) -- the job is killed here", flush=True)
+            print(
+                "      -----------------------------------------------------------\n"
+                "     |                   x T B                                   |\n"
+                "   * xtb version 6.5.1 (stand-in) -- the job is killed here",
+                flush=True,
+            )
             os.kill(os.getppid(), signal.SIGKILL)  # the job script: what a walltime kill does
             return 137
     if index in config.get("error", []):
