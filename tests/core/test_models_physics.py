@@ -182,9 +182,10 @@ def test_collate_selects_conformations():
     assert len(batch["idx_i"]) == 3 * 2 + 4 * 3
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("charges", [True, False])
-def test_physnet_fast_path_equals_autograd(charges):
-    model = small_model("physnet", predict_charges=charges)
+def test_fast_path_equals_autograd(arch, charges):
+    model = small_model(arch, predict_charges=charges)
     batch = collate(molecules(np.random.default_rng(10)), dtype=torch.float64, pairs=True)
     fast = model(batch)
     model.use_fast_path = False

@@ -56,6 +56,13 @@ class AtomisticModel(nn.Module):
     #: Use the architecture's hand-written reverse pass (if any) for forces without ``create_graph``.
     use_fast_path: bool = True
 
+    #: Largest batch (atoms) for the hand-written pass; None: any size.
+    fast_max_atoms: int | None = None
+
+    def fast_function(self):  # type: ignore[no-untyped-def]
+        """The architecture's hand-written energy/forces function (``fast.py``), or None."""
+        return None
+
     def fast_energy_forces(
         self,
         batch: dict[str, torch.Tensor],
@@ -64,10 +71,25 @@ class AtomisticModel(nn.Module):
         charge: torch.Tensor,
         forces: bool = True,
     ) -> dict[str, torch.Tensor] | None:
-        """Energies (and forces) without autograd, or None when the architecture has no such path.
+        """Energies (and forces) without autograd, or None when no such path applies.
 
-        Used for prediction: forces without ``create_graph``, or energies with gradients disabled."""
-        return None
+        Used for prediction (forces without ``create_graph``, or energies with gradients disabled) when
+        the architecture has a hand-written pass, there is no dispersion term, and the batch's pair list
+        is (or can be) all intramolecular pairs."""
+        function = self.fast_function()
+        if function is None or self.dispersion is not None:
+            return None
+        if self.fast_max_atoms is not None and len(species) > self.fast_max_atoms:
+            return None
+        n_atoms = batch["n_atoms"]
+        idx_i, idx_j = batch.get("idx_i"), batch.get("idx_j")
+        if idx_i is None or idx_j is None:
+            if len(n_atoms) and int(n_atoms.max()) > self.config.all_pairs_max_atoms:
+                return None
+            idx_i, idx_j = all_pairs(n_atoms)
+        return function(
+            self, species, positions, idx_i, idx_j, batch["batch"], n_atoms, charge, forces=forces
+        )
 
     # -- to implement -------------------------------------------------------------------------------
     def atomic_outputs(

@@ -54,6 +54,59 @@ def _cutoff_and_derivative(r: torch.Tensor, cutoff: float) -> tuple[torch.Tensor
     return value, deriv
 
 
+def molecular_outputs(
+    model,  # type: ignore[no-untyped-def]
+    total: torch.Tensor,
+    species: torch.Tensor,
+    positions: torch.Tensor,
+    r: torch.Tensor,
+    idx_i: torch.Tensor,
+    idx_j: torch.Tensor,
+    batch_index: torch.Tensor,
+    n_atoms: torch.Tensor,
+    charge: torch.Tensor,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+    """From per-atom outputs ``total`` (N, 1 or 2: energy, raw charge) to energies (float64, with Coulomb
+    and references), charges and dipoles; also the gradient of the energy w.r.t. ``total`` and the
+    Coulomb part of dE/dr per pair (or None)."""
+    cfg = model.config
+    dtype, n_mol = positions.dtype, len(n_atoms)
+    scale = model.energy_scale.to(dtype)
+    energy = total.new_zeros(n_mol).index_add_(0, batch_index, total[:, 0]) * scale
+    g_total = torch.empty_like(total)
+    g_total[:, 0] = scale
+    g_r = None
+    out: dict[str, torch.Tensor] = {}
+    if model.n_out == 2:
+        count = n_atoms.to(dtype)
+        excess = (total.new_zeros(n_mol).index_add_(0, batch_index, total[:, 1]) - charge) / count
+        q = total[:, 1] - excess.index_select(0, batch_index)
+        out["atomic_charges"] = q
+        out["dipole"] = positions.new_zeros(n_mol, 3).index_add_(0, batch_index, q.unsqueeze(1) * positions)
+        g_q = torch.zeros_like(q)
+        if cfg.electrostatics:
+            switch, dswitch = _cutoff_and_derivative(r, 0.5 * (cfg.short_range_cutoff or cfg.cutoff))
+            shielded = torch.rsqrt(r * r + 1.0)
+            inv_r = 1.0 / r
+            chi = switch * shielded + (1.0 - switch) * inv_r
+            dchi = dswitch * (shielded - inv_r) - switch * r * shielded**3 - (1.0 - switch) * inv_r * inv_r
+            qj = q.index_select(0, idx_j)
+            qiqj = q.index_select(0, idx_i) * qj
+            energy = energy.index_add(
+                0, batch_index.index_select(0, idx_i), (0.5 * COULOMB_EV_ANGSTROM) * qiqj * chi
+            )
+            g_q = g_q.index_add_(0, idx_i, COULOMB_EV_ANGSTROM * chi * qj)
+            g_r = (0.5 * COULOMB_EV_ANGSTROM) * qiqj * dchi
+        mean_g = g_q.new_zeros(n_mol).index_add_(0, batch_index, g_q) / count
+        g_total[:, 1] = g_q - mean_g.index_select(0, batch_index)
+
+    reference = positions.new_zeros(n_mol, dtype=torch.float64).index_add_(
+        0, batch_index, model.element_energies.index_select(0, species)
+    )
+    out["energy"] = energy.to(torch.float64) + reference
+    return out, g_total, g_r
+
+
 @torch.no_grad()
 def physnet_energy_forces(
     model,  # type: ignore[no-untyped-def]
@@ -73,8 +126,7 @@ def physnet_energy_forces(
     """
     cfg = model.config
     act, act_bw = _activation(cfg.activation)
-    n, n_mol, f = len(species), len(n_atoms), cfg.n_features
-    dtype = positions.dtype
+    n, f = len(species), cfg.n_features
 
     # radial basis with its cutoff (PhysNet exp-normal functions)
     vec = positions.index_select(0, idx_j) - positions.index_select(0, idx_i)
@@ -112,39 +164,9 @@ def physnet_energy_forces(
             saved.append((x, z, hj, m, y, res_int, res_atom, res_out))
         x = x_new
 
-    scale = model.energy_scale.to(dtype)
-    energy = total.new_zeros(n_mol).index_add_(0, batch_index, total[:, 0]) * scale
-    g_total = torch.empty_like(total)
-    g_total[:, 0] = scale
-    g_r = None
-    out: dict[str, torch.Tensor] = {}
-    if model.n_out == 2:
-        count = n_atoms.to(dtype)
-        excess = (total.new_zeros(n_mol).index_add_(0, batch_index, total[:, 1]) - charge) / count
-        q = total[:, 1] - excess.index_select(0, batch_index)
-        out["atomic_charges"] = q
-        out["dipole"] = positions.new_zeros(n_mol, 3).index_add_(0, batch_index, q.unsqueeze(1) * positions)
-        g_q = torch.zeros_like(q)
-        if cfg.electrostatics:
-            switch, dswitch = _cutoff_and_derivative(r, 0.5 * (cfg.short_range_cutoff or cfg.cutoff))
-            shielded = torch.rsqrt(r * r + 1.0)
-            inv_r = 1.0 / r
-            chi = switch * shielded + (1.0 - switch) * inv_r
-            dchi = dswitch * (shielded - inv_r) - switch * r * shielded**3 - (1.0 - switch) * inv_r * inv_r
-            qj = q.index_select(0, idx_j)
-            qiqj = q.index_select(0, idx_i) * qj
-            energy = energy.index_add(
-                0, batch_index.index_select(0, idx_i), (0.5 * COULOMB_EV_ANGSTROM) * qiqj * chi
-            )
-            g_q = g_q.index_add_(0, idx_i, COULOMB_EV_ANGSTROM * chi * qj)
-            g_r = (0.5 * COULOMB_EV_ANGSTROM) * qiqj * dchi
-        mean_g = g_q.new_zeros(n_mol).index_add_(0, batch_index, g_q) / count
-        g_total[:, 1] = g_q - mean_g.index_select(0, batch_index)
-
-    reference = positions.new_zeros(n_mol, dtype=torch.float64).index_add_(
-        0, batch_index, model.element_energies.index_select(0, species)
+    out, g_total, g_r = molecular_outputs(
+        model, total, species, positions, r, idx_i, idx_j, batch_index, n_atoms, charge
     )
-    out["energy"] = energy.to(torch.float64) + reference
     if not forces:
         return out
 

@@ -22,7 +22,6 @@ from .base import AtomisticModel
 from .config import ModelConfig
 from .fast import physnet_energy_forces
 from .layers import Dense, ExpNormalRBF, Residual, make_activation, scatter_sum
-from .neighbors import all_pairs
 
 
 class PhysNetModule(nn.Module):
@@ -83,26 +82,8 @@ class PhysNet(AtomisticModel):
         self.blocks = nn.ModuleList(PhysNetModule(config, self.n_out) for _ in range(config.n_blocks))
         self.output_shift = nn.Parameter(torch.zeros(n_elements, self.n_out))
 
-    def fast_energy_forces(
-        self,
-        batch: dict[str, torch.Tensor],
-        species: torch.Tensor,
-        positions: torch.Tensor,
-        charge: torch.Tensor,
-        forces: bool = True,
-    ) -> dict[str, torch.Tensor] | None:
-        """Hand-written reverse pass (``fast.py``) when the batch has all intramolecular pairs."""
-        if self.dispersion is not None:
-            return None
-        n_atoms = batch["n_atoms"]
-        idx_i, idx_j = batch.get("idx_i"), batch.get("idx_j")
-        if idx_i is None or idx_j is None:
-            if len(n_atoms) and int(n_atoms.max()) > self.config.all_pairs_max_atoms:
-                return None
-            idx_i, idx_j = all_pairs(n_atoms)
-        return physnet_energy_forces(
-            self, species, positions, idx_i, idx_j, batch["batch"], n_atoms, charge, forces=forces
-        )
+    def fast_function(self):  # type: ignore[no-untyped-def]
+        return physnet_energy_forces
 
     def atomic_outputs(
         self,
