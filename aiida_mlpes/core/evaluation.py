@@ -90,7 +90,11 @@ def write_predictions(
     conformation: energies, energy error, force MAE and max error, dipoles). Returns the two paths."""
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    npz = {"n_atoms": arrays.n_atoms, "atomic_numbers": arrays.atomic_numbers, "positions": arrays.positions}
+    npz: dict[str, Any] = {
+        "n_atoms": arrays.n_atoms,
+        "atomic_numbers": arrays.atomic_numbers,
+        "positions": arrays.positions,
+    }
     for name in UNITS:
         if name in predictions:
             npz[f"{name}_pred"] = predictions[name]

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from ase import Atoms
@@ -85,7 +85,8 @@ def random_streams(seed: int | None, n: int) -> tuple[int, list[np.random.Genera
     the samples of the others.
     """
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**63))
+        # entropy is an int when none was given (numpy's stubs also allow a sequence or None)
+        seed = int(cast(int, np.random.SeedSequence().entropy) % (2**63))
     seed = check_int("seed", seed, minimum=0)
     children = np.random.SeedSequence(seed).spawn(n)
     return seed, [np.random.default_rng(child) for child in children]

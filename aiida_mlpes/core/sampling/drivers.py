@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from ase import Atoms
@@ -121,7 +121,8 @@ class MonitoredCalculator(Calculator):
                 self.atoms.positions[:] = atoms.positions  # cheaper than a copy of the Atoms
             else:
                 self.atoms = atoms.copy()
-        self.results = self.evaluate(self.atoms, forces=True)
+        # ASE passes the Atoms on the first call; a missing one fails inside evaluate (DriverError) as before
+        self.results = self.evaluate(cast(Atoms, self.atoms), forces=True)
 
     def get_property(self, name: str, atoms: Atoms | None = None, allow_calculation: bool = True) -> Any:
         """As ASE's, without its copy of the Atoms at every call; always computes energy and forces."""
@@ -219,7 +220,9 @@ class MonitoredCalculator(Calculator):
             if key not in self._potentials:
                 charge = getattr(self.driver, "charge", None)
                 charge = float(template.info.get("charge", 0.0) if charge is None else charge)
-                self._potentials[key] = self.driver.as_potential(template.numbers, charge=charge)
+                # evaluate_many only comes here when the driver has ``as_potential``
+                driver: Any = self.driver
+                self._potentials[key] = driver.as_potential(template.numbers, charge=charge)
             out = self._potentials[key](positions)
             energies, forces = np.asarray(out[0], dtype=float), np.asarray(out[1], dtype=float)
         except Exception as exc:
@@ -227,7 +230,7 @@ class MonitoredCalculator(Calculator):
         finally:
             self.time += time.perf_counter() - start
             self.calls += len(positions)
-        done = []
+        done: list[dict[str, Any]] = []
         for e, f in zip(energies, forces, strict=True):
             result = {"energy": float(e), "free_energy": float(e), "forces": f}
             try:

@@ -15,7 +15,7 @@ conformational sampler, not a converged free-energy estimate. Units: eV, Angstro
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from ase import Atoms, units
@@ -66,14 +66,14 @@ def parse_walls(specs: Sequence[Mapping[str, Any]] | None, cvs: Sequence[Collect
         if isinstance(ref, (int, np.integer)) and not isinstance(ref, bool):
             if not 0 <= ref < len(cvs):
                 raise ValueError(f"wall {i}: cv index {ref} out of range (there are {len(cvs)} CVs)")
-            cv = cvs[ref]
+            cv = cvs[int(ref)]
         else:
             cv = parse_cv(ref)
-        bounds = [
+        lower, upper = [
             None if spec.get(k) is None else check_real(f"wall {i} {k}", spec[k], minimum=None)
             for k in ("lower", "upper")
         ]
-        walls.append(Wall(cv, *bounds, spec.get("force_constant", DEFAULT_WALL_CONSTANT)))
+        walls.append(Wall(cv, lower, upper, spec.get("force_constant", DEFAULT_WALL_CONSTANT)))
     return walls
 
 
@@ -168,7 +168,8 @@ class MetadynamicsCalculator(MonitoredCalculator):
 
     def update_bias(self) -> None:
         """Recompute the bias at the current positions (after a deposition) on top of the driver results."""
-        e_bias, f_bias = self.bias(self.atoms.positions)
+        # only called after calculate(), which sets the Atoms
+        e_bias, f_bias = self.bias(cast(Atoms, self.atoms).positions)
         d = self.driver_results
         energy = d["energy"] + e_bias
         self.results = {
@@ -188,7 +189,8 @@ def check_metadynamics_settings(
 ) -> dict[str, Any]:
     """Validated metadynamics settings (CVs parsed; atom indices are checked per system)."""
     cvs = parse_cvs(collective_variables)
-    widths_list = [widths] * len(cvs) if np.ndim(widths) == 0 else list(widths)
+    # not a scalar (np.ndim also covers numpy scalars and 0-d arrays): a sequence of widths
+    widths_list = [widths] * len(cvs) if np.ndim(widths) == 0 else list(cast(Sequence[float], widths))
     if len(widths_list) != len(cvs):
         raise ValueError(f"widths has {len(widths_list)} entries for {len(cvs)} collective variables")
     return {

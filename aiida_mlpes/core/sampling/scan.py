@@ -39,7 +39,7 @@ def check_scan_settings(
     energy_step: float, energy_limit: float, nmax: int, max_multiplier: int | None
 ) -> dict[str, Any]:
     """Validated scan settings (ValueError names the bad one)."""
-    s = {
+    s: dict[str, Any] = {
         "energy_step": check_real("energy_step", energy_step),
         "energy_limit": check_real("energy_limit", energy_limit),
         "nmax": check_int("nmax", nmax),

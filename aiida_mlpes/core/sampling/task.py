@@ -202,7 +202,7 @@ def _unlabelled(arrays: RaggedArrays) -> RaggedArrays:
 
 
 def _write_trajectory(path: Path, result: SampleResult) -> None:
-    data: dict[str, np.ndarray] = dict(result.trajectory)
+    data: dict[str, Any] = dict(result.trajectory)
     data["sample_system"] = result.sample_system
     data.update({f"sample_{key}": value for key, value in result.sample_data.items()})
     for i, info in enumerate(result.systems):

@@ -21,10 +21,10 @@ class WeightEMA:
         self.num_updates = 0
         self.module = copy.deepcopy(model)
         self.module.requires_grad_(False)
-        self._shadow = list(self.module.parameters())
-        self._params = list(model.parameters())
-        self._shadow_buffers = list(self.module.buffers())
-        self._buffers = list(model.buffers())
+        self._shadow: list[torch.Tensor] = list(self.module.parameters())
+        self._params: list[torch.Tensor] = list(model.parameters())
+        self._shadow_buffers: list[torch.Tensor] = list(self.module.buffers())
+        self._buffers: list[torch.Tensor] = list(model.buffers())
 
     def current_decay(self) -> float:
         """Decay used by the next update."""

@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _csv import Writer
 
 
 def curve_columns(properties: Sequence[str]) -> list[str]:
@@ -26,14 +30,14 @@ class CurveLog:
         self.path = Path(path)
         self.properties = list(properties)
         self.columns = curve_columns(properties)
-        self._handle = None
-        self._writer = None
+        self._handle: IO[str] | None = None
+        self._writer: Writer | None = None
 
     def start(self) -> None:
         """Start a new file (overwrites)."""
-        self._open("w")
-        self._writer.writerow(self.columns)
-        self._handle.flush()
+        stream, writer = self._open("w")
+        writer.writerow(self.columns)
+        stream.flush()
 
     def truncate(self, epoch: int) -> None:
         """Keep rows up to ``epoch`` (inclusive) of an existing log and continue appending."""
@@ -44,14 +48,16 @@ class CurveLog:
                 header = next(reader, None)
                 if header == self.columns:
                     rows = [row for row in reader if row and int(row[0]) <= epoch]
-        self._open("w")
-        self._writer.writerow(self.columns)
-        self._writer.writerows(rows)
-        self._handle.flush()
+        stream, writer = self._open("w")
+        writer.writerow(self.columns)
+        writer.writerows(rows)
+        stream.flush()
 
-    def _open(self, mode: str) -> None:
-        self._handle = self.path.open(mode, newline="")
-        self._writer = csv.writer(self._handle)
+    def _open(self, mode: str) -> tuple[IO[str], Writer]:
+        stream = self.path.open(mode, newline="")
+        writer = csv.writer(stream)
+        self._handle, self._writer = stream, writer
+        return stream, writer
 
     def append(
         self,
@@ -70,6 +76,8 @@ class CurveLog:
             metric = valid_metrics.get(name)
             row += ["", ""] if metric is None else [f"{metric['mae']:.8g}", f"{metric['rmse']:.8g}"]
         row.append(int(best))
+        if self._handle is None or self._writer is None:
+            raise RuntimeError("CurveLog.append: call start() or truncate() first (or the log was closed)")
         self._writer.writerow(row)
         self._handle.flush()
 

@@ -57,7 +57,7 @@ class WeightedLoss:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Total loss (differentiable scalar) and detached per-property [smooth-L1 mean, MAE] rows."""
         errors = self.errors(out, batch)
-        total = None
+        total: torch.Tensor | None = None
         rows = []
         for name in self.properties:
             err = errors[name]
@@ -65,7 +65,10 @@ class WeightedLoss:
             term = self.weights[name] * huber
             total = term if total is None else total + term
             rows.append(torch.stack([huber.detach(), err.detach().abs().mean()]))
-        return total, torch.stack(rows)
+        table = torch.stack(rows)  # raises on an empty list, as before
+        if total is None:
+            raise ValueError("WeightedLoss has no property with a positive weight")
+        return total, table
 
     def error_sums(self, errors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Per property [sum smooth-L1, sum |err|, sum err^2, count], shape (n_properties, 4), float64."""

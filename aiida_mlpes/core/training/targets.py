@@ -21,13 +21,13 @@ def composition_matrix(arrays: RaggedArrays, elements: Sequence[int]) -> np.ndar
 
     Raises ValueError naming the first conformation that holds an element outside ``elements``.
     """
-    elements = np.asarray(list(elements), dtype=np.int64)
-    check_elements(arrays, elements)
-    lookup = np.full(max(int(elements.max()), int(arrays.atomic_numbers.max(initial=0))) + 1, -1)
-    lookup[elements] = np.arange(len(elements))
+    element_array = np.asarray(list(elements), dtype=np.int64)
+    check_elements(arrays, element_array.tolist())
+    lookup = np.full(max(int(element_array.max()), int(arrays.atomic_numbers.max(initial=0))) + 1, -1)
+    lookup[element_array] = np.arange(len(element_array))
     column = lookup[arrays.atomic_numbers]
     conformation = np.repeat(np.arange(len(arrays)), arrays.n_atoms)
-    counts = np.zeros((len(arrays), len(elements)), dtype=np.float64)
+    counts = np.zeros((len(arrays), len(element_array)), dtype=np.float64)
     np.add.at(counts, (conformation, column), 1.0)
     return counts
 

@@ -14,12 +14,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from aiida_mlpes.core.models import ModelConfig, build_model, load_model, save_model
+from aiida_mlpes.core.models import AtomisticModel, ModelConfig, build_model, load_model, save_model
 from aiida_mlpes.core.ragged import RaggedArrays
 
 from .components import evaluate_loss, make_optimizer, progress_bar, resolve_device
@@ -90,15 +90,19 @@ class Trainer:
         if self.config.threads and self.device.type == "cpu":
             torch.set_num_threads(int(self.config.threads))
         self.parent = parent
+        self.model: AtomisticModel
+        self.model_config: ModelConfig
         if parent is not None:
             if isinstance(parent, torch.nn.Module):
                 import copy
 
-                self.model = copy.deepcopy(parent).to(self.device)
+                # a parent module is a model (documented); the cast only informs the type checker
+                self.model = cast(AtomisticModel, copy.deepcopy(parent).to(self.device))
             else:
                 self.model = load_model(parent, device=str(self.device))
             self.model_config = self.model.config
         else:
+            assert model_config is not None  # checked at the top
             self.model_config = model_config
             torch.manual_seed(self.config.seed)
             self.model = build_model(model_config).to(self.device)
@@ -168,7 +172,7 @@ class Trainer:
         model, cfg = self.model, self.config
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
-        sums = None
+        sums: torch.Tensor | None = None
         for inputs in data.batches(self.rng.permutation(len(data)), batch_size):
             out = model(inputs, compute_forces=need_forces, create_graph=need_forces)
             loss, rows = loss_fn(out, inputs)
@@ -181,6 +185,8 @@ class Trainer:
                 self.ema.update()
             weighted = torch.cat([loss.detach().reshape(1), rows.reshape(-1)]) * len(inputs["n_atoms"])
             sums = weighted if sums is None else sums + weighted
+        if sums is None:
+            raise ValueError("the training set is empty")
         return (sums / len(data)).tolist()
 
     # -- training -----------------------------------------------------------------------------------------
@@ -208,8 +214,10 @@ class Trainer:
         refit = cfg.refit_references if cfg.refit_references is not None else self.parent is None
         if refit:
             references = fit_element_references(train_arrays, self.model_config.elements)
+            current_scale = self.model.energy_scale
+            assert isinstance(current_scale, torch.Tensor)  # a registered buffer
             scale = (
-                float(self.model.energy_scale)
+                float(current_scale)
                 if self.parent is not None
                 else energy_scale(train_arrays, self.model_config.elements, references)
             )
@@ -230,7 +238,7 @@ class Trainer:
         )
         split = {"train": train, "valid": valid}
 
-        state = {
+        state: dict[str, Any] = {
             "epoch": 0,
             "best_loss": math.inf,
             "best_epoch": 0,
@@ -271,7 +279,9 @@ class Trainer:
                     time.perf_counter() - start_time >= cfg.wall_time_limit
                 )
 
-                valid_loss, valid_metrics, improved = None, {}, False
+                valid_loss: float | None = None
+                valid_metrics: dict[str, dict[str, float]] = {}
+                improved = False
                 if epoch % cfg.validation_interval == 0 or epoch == max_epochs or out_of_time:
                     valid_loss, valid_metrics = evaluate_loss(eval_model, valid_batches, loss_fn)
                     if not math.isfinite(valid_loss):
@@ -351,7 +361,7 @@ class Trainer:
 
             model = copy.deepcopy(model)
             model.load_state_dict(self._best_state)
-        save_model(model, self.workdir / self.BEST_MODEL, metadata=metadata)
+        save_model(cast(AtomisticModel, model), self.workdir / self.BEST_MODEL, metadata=metadata)
         self._best_written = True
 
     def _save_checkpoint(self, state: dict[str, Any], split: dict[str, np.ndarray]) -> None:
