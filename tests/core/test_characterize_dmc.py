@@ -224,6 +224,18 @@ def test_uncertainty_holes_from_third_value_or_callable():
         run_dmc(trap, [1], np.zeros((1, 3)), **kwargs)
 
 
+def test_non_finite_energies_are_holes():
+    trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
+
+    def nan_far_out(positions):
+        e, f = trap(positions)
+        return np.where(positions[:, 0, 0] > 0.15, np.nan, e), f
+
+    result = run_dmc(nan_far_out, [1], np.zeros((1, 3)), nwalkers=300, nsteps=200, eqsteps=50, seed=2)
+    assert result.n_holes > 0 and set(result.hole_reasons) == {"nonfinite"}
+    assert (result.holes[:, 0, 0] > 0.15).all() and np.isfinite(result.zpe)
+
+
 def test_a_surface_made_of_holes_stops_early_but_keeps_them():
     trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
 

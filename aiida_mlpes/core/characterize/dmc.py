@@ -18,7 +18,8 @@ Holes: a walker is a hole when its energy is more than ``hole_threshold`` below 
 model's energy uncertainty exceeds ``uncertainty_threshold`` (ensemble models), or when two atoms are
 closer than ``collapse_factor`` times the sum of their covalent radii while the energy stays less than
 ``collapse_energy`` above V(minimum) (a physical surface puts such geometries tens of eV higher; a rare
-walker that reaches one on a correct surface, a time-step artefact, is left to die by branching). Holes are recorded (positions,
+walker that reaches one on a correct surface, a time-step artefact, is left to die by branching), and
+when the potential returns a non-finite energy. Holes are recorded (positions,
 energy, step, reason) and removed before branching so they cannot take over the population.
 
 Uncertainty: a potential may return a third value, the per-structure energy standard deviation (eV),
@@ -65,7 +66,7 @@ class DMCResult:
         holes: (H, N, 3) positions (Angstrom) of the defective walkers that were recorded.
         hole_energies: (H,) their energies relative to V(minimum) (eV).
         hole_steps: (H,) the step at which each was found.
-        hole_reasons: (H,) "energy", "uncertainty" or "collapse".
+        hole_reasons: (H,) "energy", "uncertainty", "collapse" or "nonfinite".
         n_holes: total number of holes found (may exceed ``len(holes)`` when ``max_holes`` was reached).
         walkers: (W, N, 3) final walker positions (Angstrom), a sample of the ground-state density.
         minimum_energy: V(minimum) in eV (absolute).
@@ -228,7 +229,7 @@ def run_dmc(
         if uncertainty is not None:
             std = np.asarray(uncertainty(cart), dtype=float).reshape(-1)
         v = energies / HARTREE
-        bad = np.zeros(len(v), dtype=bool)
+        bad = ~np.isfinite(v)
         if threshold_au is not None:
             bad |= v < v_min_au - threshold_au
         if uncertainty_threshold is not None and std is not None:
@@ -362,6 +363,7 @@ def _reasons(
         reasons[std > std_threshold] = "uncertainty"
     if threshold is not None:
         reasons[v < v_min - threshold] = "energy"
+    reasons[~np.isfinite(v)] = "nonfinite"
     return reasons[bad]
 
 
