@@ -1,5 +1,5 @@
 """Reference labelling that heals itself: ``ReferenceWorkChain`` (``mlpes.reference``) splits the structures
-into batches and runs one ``ReferenceBaseWorkChain`` (``mlpes.reference.base``) per batch, in parallel;
+into batches and runs one ``ReferenceBaseWorkChain`` (``mlpes.reference_base``) per batch, in parallel;
 each of those is a ``BaseRestartWorkChain`` around the batch CalcJob of the code's program (``mlpes.xtb``,
 ``mlpes.orca``, ``mlpes.gaussian`` or ``mlpes.ase``) whose process handlers
 

@@ -18,7 +18,7 @@ ENTRY_POINTS = {
     ("aiida.parsers", "mlpes.gaussian"): "aiida_mlpes.parsers.gaussian:GaussianParser",
     ("aiida.parsers", "mlpes.ase"): "aiida_mlpes.parsers.ase:AseParser",
     ("aiida.workflows", "mlpes.reference"): "aiida_mlpes.workflows.reference:ReferenceWorkChain",
-    ("aiida.workflows", "mlpes.reference.base"): "aiida_mlpes.workflows.reference:ReferenceBaseWorkChain",
+    ("aiida.workflows", "mlpes.reference_base"): "aiida_mlpes.workflows.reference:ReferenceBaseWorkChain",
 }
 
 
