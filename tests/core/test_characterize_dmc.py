@@ -236,7 +236,7 @@ def test_non_finite_energies_are_holes():
     assert (result.holes[:, 0, 0] > 0.15).all() and np.isfinite(result.zpe)
 
 
-def test_a_surface_made_of_holes_stops_early_but_keeps_them():
+def test_a_surface_made_of_holes_stops_early_but_keeps_them(tmp_path):
     trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
 
     def everywhere_uncertain(positions):
@@ -256,6 +256,7 @@ def test_a_surface_made_of_holes_stops_early_but_keeps_them():
         )
     assert result.stopped and result.n_holes == 40 and len(result.holes) == 40
     assert len(result.energy_trace) == 0 and np.isnan(result.zpe)
+    assert result.plot(tmp_path / "stopped.png").exists()
 
 
 def test_blocking_error():

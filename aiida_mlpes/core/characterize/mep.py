@@ -151,7 +151,8 @@ def minimum_energy_path(
     weight = (1.0 / masses if mass_weighted else np.ones(len(masses)))[None, :, None]
     if step_size is None:
         w = np.repeat(np.sqrt(weight.reshape(-1)), 3)
-        step_size = 0.5 / float(np.linalg.eigvalsh(modes.hessian * w[:, None] * w[None, :]).max())
+        stiffest = float(np.linalg.eigvalsh(modes.hessian * w[:, None] * w[None, :]).max())
+        step_size = 0.5 / max(stiffest, 1e-12)
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
 

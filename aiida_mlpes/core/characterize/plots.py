@@ -59,9 +59,11 @@ def plot_dmc(result: DMCResult, path: str | Path) -> Path:
     if result.harmonic_zpe is not None:
         ax_e.axhline(result.harmonic_zpe / INV_CM, color="C2", ls="--", label="harmonic ZPE")
     ax_e.axvline(eq, color="grey", ls=":")
-    low, high = np.percentile(result.energy_trace[eq:] / INV_CM, [0.5, 99.5])
-    pad = 0.5 * (high - low) + 1.0
-    ax_e.set_ylim(low - pad, high + pad)
+    production = result.energy_trace[eq:] / INV_CM
+    if len(production) > 1:
+        low, high = np.percentile(production, [0.5, 99.5])
+        pad = 0.5 * (high - low) + 1.0
+        ax_e.set_ylim(low - pad, high + pad)
     ax_e.set_ylabel("energy above minimum / cm$^{-1}$")
     ax_e.legend(fontsize=8)
     ax_n.plot(steps, result.population_trace, lw=0.6, color="C1")
