@@ -6,7 +6,7 @@ float32) and at our default ModelConfig:
 - energy+forces latency of one NH3 through the ASE calculator (``atoms.get_forces()`` after a move) and
   through the batched potential with B = 1 (median and best of many calls, ms);
 - throughput for 1,000 NH3 in one call (structures/s), energy+forces and energies only (``energies()``,
-  what DMC needs), on 1 thread and on ``--threads``.
+  what DMC needs), on 1 thread, on ``--threads`` and with the automatic choice (the default).
 
 Asparagus v0.7.2 measured on this machine kind (shared/REFERENCE_NUMBERS.md): ASE calculator 14.6-23 ms
 (PhysNet), 18.5-24.8 ms (PaiNN) per NH3 energy+forces; DMC 850-1,500 walker-steps/s.
@@ -85,13 +85,14 @@ def bench_model(label: str, config: ModelConfig, args: argparse.Namespace) -> No
         f"| Asparagus {ASPARAGUS[config.architecture]}"
     )
     walkers = NH3[None] + rng.normal(0.0, 0.05, (args.batch, 4, 3))
-    for threads in sorted({1, args.threads}):
+    for threads in [*sorted({1, args.threads}), None]:
         pot = calc.as_potential(NUMBERS, num_threads=threads)
-        with_forces = throughput(lambda pot=pot: pot(walkers), args.batch)
-        energies = throughput(lambda pot=pot: pot.energies(walkers), args.batch)
+        repeats = 3 if threads else 12  # the automatic choice times both options first
+        with_forces = throughput(lambda pot=pot: pot(walkers), args.batch, repeats)
+        energies = throughput(lambda pot=pot: pot.energies(walkers), args.batch, repeats)
+        name = f"{threads} thread(s)" if threads else "auto threads"
         print(
-            f"{'':<28s} {args.batch} NH3, {threads} thread(s): E+F {with_forces:8,.0f} /s, "
-            f"energies only {energies:8,.0f} /s"
+            f"{'':<28s} {args.batch} NH3, {name:<12s}: E+F {with_forces:8,.0f} /s, energies only {energies:8,.0f} /s"
         )
 
 

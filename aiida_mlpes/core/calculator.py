@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -84,6 +85,43 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+class ThreadChooser:
+    """Picks the faster of 1 and ``max_threads`` torch threads for large chunks, by timing real calls.
+
+    On a machine shared with other jobs a second OpenMP thread that waits for a busy core can make a call
+    several times slower than one thread; on an idle machine two threads are ~1.7x faster. Each count is
+    timed (seconds per structure, median of the last few calls); the faster one is used and the other is
+    re-timed after ``probe_every`` x (its slowdown) calls, so the choice follows the machine's load while
+    probing costs at most ~1/``probe_every`` of the run time.
+    """
+
+    def __init__(self, max_threads: int, probe_every: int = 16, window: int = 5) -> None:
+        self.options = sorted({1, max(1, max_threads)})
+        self.samples: dict[int, list[float]] = {n: [] for n in self.options}
+        self.probe_every = probe_every
+        self.window = window
+        self.since_probe = 0
+
+    def choose(self) -> int:
+        """Thread count for the next large chunk."""
+        missing = [n for n in self.options if len(self.samples[n]) < 2]
+        if missing:
+            return missing[0]
+        ranked = sorted(self.options, key=lambda n: float(np.median(self.samples[n])))
+        if len(ranked) > 1:
+            slowdown = float(np.median(self.samples[ranked[1]]) / np.median(self.samples[ranked[0]]))
+            self.since_probe += 1
+            if self.since_probe >= self.probe_every * slowdown:
+                self.since_probe = 0
+                return ranked[1]
+        return ranked[0]
+
+    def record(self, threads: int, seconds_per_structure: float) -> None:
+        samples = self.samples[threads]
+        samples.append(seconds_per_structure)
+        del samples[: -self.window]
+
+
 class MLPotential:
     """Batched energies and forces of one fixed molecule from one model or a committee (eV, Angstrom).
 
@@ -93,9 +131,9 @@ class MLPotential:
         charge: total charge in e.
         chunk_size: structures evaluated per network call (bounds memory; larger batches are split).
         return_std: if True, ``__call__`` returns ``(energies, forces, energy_std)``.
-        num_threads: torch threads for large chunks (default: torch's current setting); chunks of fewer than
-            ``SMALL_CHUNK_ATOMS`` atoms always use one thread. On a machine shared with other jobs, 1 is
-            often fastest.
+        num_threads: torch threads for chunks of ``SMALL_CHUNK_ATOMS`` atoms or more; ``None`` (default)
+            times real calls and uses the faster of 1 and torch's current setting (:class:`ThreadChooser`).
+            Smaller chunks always use one thread.
         use_numpy: evaluate chunks of at most ``NUMPY_MAX_ATOMS`` atoms of a PhysNet with the numpy engine
             (``models/fast_numpy.py``; 2-3x lower per-operation overhead than torch).
     """
@@ -112,6 +150,8 @@ class MLPotential:
     ) -> None:
         self.models = list(models)
         self.num_threads = num_threads
+        #: one chooser for energy+forces calls, one for energies only (different costs)
+        self.thread_choosers = {f: ThreadChooser(torch.get_num_threads()) for f in (True, False)}
         self.numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
         if len(self.numbers) == 0:
             raise ValueError("numbers is empty: a potential needs at least one atom")
@@ -179,12 +219,20 @@ class MLPotential:
         chunk = torch.as_tensor(positions, dtype=self.dtype, device=self.device)
         batch = self._batch(chunk)
         model = self.models[m]
-        with torch_threads(1 if small else self.num_threads) if self.device.type == "cpu" else _nothing():
+        on_cpu = self.device.type == "cpu"
+        threads = 1 if small else self.num_threads
+        auto = on_cpu and threads is None
+        if auto:
+            threads = self.thread_choosers[forces].choose()
+        start = time.perf_counter()
+        with torch_threads(threads) if on_cpu else _nothing():
             if forces:
                 out = model(batch, compute_forces=True)
             else:
                 with torch.inference_mode():
                     out = model(batch, compute_forces=False)
+        if auto:
+            self.thread_choosers[forces].record(threads, (time.perf_counter() - start) / b)
         result = {"energy": out["energy"].cpu().numpy()}
         if forces:
             result["forces"] = out["forces"].reshape(b, self.n_atoms, 3).cpu().numpy().astype(np.float64)

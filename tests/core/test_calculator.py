@@ -151,3 +151,25 @@ def test_numpy_engine_overflow_falls_back_to_torch():
     e_torch, f_torch = calc.as_potential([7, 1, 1, 1], use_numpy=False)(walkers(2))
     np.testing.assert_array_equal(e_numpy, e_torch)
     np.testing.assert_array_equal(f_numpy, f_torch)
+
+
+def test_thread_chooser_prefers_faster_and_probes_rarely():
+    from aiida_mlpes.core.calculator import ThreadChooser
+
+    chooser = ThreadChooser(2, probe_every=4)
+    cost = {1: 1.0, 2: 3.0}  # two threads three times slower (a busy machine)
+    picks = []
+    for _ in range(200):
+        n = chooser.choose()
+        picks.append(n)
+        chooser.record(n, cost[n])
+    assert picks[:4] == [1, 1, 2, 2]  # each option timed twice first
+    share = picks[4:].count(2) / len(picks[4:])
+    assert 0 < share < 0.1  # re-probed, but rarely (about 1 in 4 x 3 calls)
+    cost = {1: 1.0, 2: 0.5}  # the machine became idle: two threads win after the next probes
+    for _ in range(200):
+        n = chooser.choose()
+        picks.append(n)
+        chooser.record(n, cost[n])
+    assert picks[-50:].count(2) > 40
+    assert ThreadChooser(1).options == [1]
