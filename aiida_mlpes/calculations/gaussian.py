@@ -21,7 +21,7 @@ from aiida_mlpes.core.reference.gaussian import write_gaussian_input
 
 DEFAULT_ROUTE = "PBEPBE/Def2SVP/W06 EmpiricalDispersion=GD3BJ"
 #: SCF options at each fix level: quadratically convergent SCF after the first failure (XQC), then QC.
-SCF_FIXES = {1: "SCF=(XQC,MaxCycle=512)", 2: "SCF=(QC,MaxCycle=1024)"}
+SCF_FIXES = {1: ["XQC", "MaxCycle=512"], 2: ["QC", "MaxCycle=1024"]}
 _KNOWN = {"route", "nprocs", "memory", "charge_scheme", "scf_fix_level", "level_of_theory"}
 _TECHNICAL = re.compile(r"^(force.*|nosymm|scf=.*|pop=.*|#\w?)$", re.IGNORECASE)
 
@@ -55,10 +55,19 @@ class GaussianCalculation(ReferenceCalculation):
         route = parameters.get("route", DEFAULT_ROUTE)
         level = int(parameters.get("scf_fix_level", 0))
         if level:
-            route = " ".join(
-                [t for t in route.split() if not t.lower().startswith("scf")]
-                + [SCF_FIXES[min(level, max(SCF_FIXES))]]
-            )
+            tokens, scf = [], []
+            for token in route.split():
+                if token.lower().startswith("scf"):
+                    value = token.split("=", 1)[1] if "=" in token else ""
+                    scf += [
+                        o
+                        for o in value.strip("()").split(",")
+                        if o and not re.match(r"(?i)^(x?qc|maxcycle)", o)
+                    ]
+                else:
+                    tokens.append(token)
+            fix = SCF_FIXES[min(level, max(SCF_FIXES))]
+            route = " ".join([*tokens, f"SCF=({','.join([*scf, *fix])})"])
         options: dict[str, Any] = {"route": route, "nprocs": int(parameters.get("nprocs", 1))}
         if "memory" in parameters:
             options["memory"] = str(parameters["memory"])

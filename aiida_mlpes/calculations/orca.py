@@ -26,7 +26,23 @@ SCF_FIXES: dict[int, tuple[list[str], dict[str, Any]]] = {
     2: (["VerySlowConv"], {"MaxIter": 1500, "DIISMaxEq": 15, "directresetfreq": 1}),
 }
 _KNOWN = {"keywords", "blocks", "nprocs", "maxcore", "charge_scheme", "scf_fix_level", "level_of_theory"}
-_TECHNICAL = {"engrad", "slowconv", "veryslowconv", "miniprint", "smallprint", "normalprint", "largeprint"}
+#: Keywords that do not change the level of theory (output, gradient request, SCF convergence aids/thresholds).
+_TECHNICAL = {
+    "engrad",
+    "slowconv",
+    "veryslowconv",
+    "miniprint",
+    "smallprint",
+    "normalprint",
+    "largeprint",
+    "loosescf",
+    "normalscf",
+    "tightscf",
+    "verytightscf",
+    "kdiis",
+    "soscf",
+    "nososcf",
+}
 
 
 class OrcaCalculation(ReferenceCalculation):

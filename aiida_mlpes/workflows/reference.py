@@ -13,9 +13,12 @@ kept; the merged PESDataset and the excluded structures with their reasons are t
 
 from __future__ import annotations
 
+import copy
 import math
+import pathlib
 from typing import Any
 
+import yaml
 from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import (
@@ -381,6 +384,20 @@ def _merge(datasets: list[PESDataset]) -> PESDataset:
     )["dataset"]
 
 
+PROTOCOLS = pathlib.Path(__file__).parent / "protocols"
+
+
+def _recursive_merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
+    """``left`` updated with ``right``, merging nested dicts (``right`` wins)."""
+    merged = copy.deepcopy(left)
+    for key, value in right.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _recursive_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 class ReferenceWorkChain(WorkChain):
     """Label many structures: batches of ``batch_size`` run in parallel, each healed by its own
     ``ReferenceBaseWorkChain``; outputs the merged dataset and the excluded structures."""
@@ -411,6 +428,72 @@ class ReferenceWorkChain(WorkChain):
             message="No structure could be labelled; see the `excluded` output for the reasons.",
         )
         spec.exit_code(404, "ERROR_BATCH_FAILED", message="Batch work chain {pk} failed: {message}")
+
+    @classmethod
+    def get_protocol_filepath(cls, program: str) -> pathlib.Path:
+        """The YAML protocol file of ``program`` (xtb, orca, gaussian, ase)."""
+        path = PROTOCOLS / f"reference_{program}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem.removeprefix("reference_") for p in PROTOCOLS.glob("reference_*.yaml"))
+            raise ValueError(f"no reference protocols for program {program!r}; known: {known}")
+        return path
+
+    @classmethod
+    def get_available_protocols(cls, program: str = "xtb") -> dict[str, dict[str, str]]:
+        """Protocol names of ``program`` with their descriptions."""
+        data = yaml.safe_load(cls.get_protocol_filepath(program).read_text())
+        return {name: {"description": p.get("description", "")} for name, p in data["protocols"].items()}
+
+    @classmethod
+    def get_protocol_inputs(
+        cls, program: str, protocol: str | None = None, overrides: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Inputs of ``protocol`` (default: the file's default protocol) merged with ``overrides``."""
+        data = yaml.safe_load(cls.get_protocol_filepath(program).read_text())
+        name = protocol or data["default_protocol"]
+        if name not in data["protocols"]:
+            raise ValueError(
+                f"protocol {name!r} unknown for {program}; choose one of {sorted(data['protocols'])}"
+            )
+        chosen = {k: v for k, v in data["protocols"][name].items() if k != "description"}
+        return _recursive_merge(_recursive_merge(data["default_inputs"], chosen), overrides or {})
+
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        code: orm.AbstractCode,
+        structures: PESDataset | orm.StructureData | orm.TrajectoryData,
+        protocol: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        charge: int = 0,
+        multiplicity: int = 1,
+    ):
+        """A builder with the protocol's inputs for the program of ``code`` (its default_calc_job_plugin).
+
+        ``overrides`` is merged into the protocol's inputs (e.g. ``{"parameters": {"solvent": "water"}}``,
+        ``{"batch_size": 50}``), ``options`` into the CalcJobs' ``metadata.options``.
+        """
+        program = _calculation_class(code).__module__.rsplit(".", 1)[-1]
+        inputs = cls.get_protocol_inputs(program, protocol, overrides)
+        if options:
+            inputs["options"] = _recursive_merge(inputs.get("options", {}), options)
+        builder = cls.get_builder()
+        builder.code = code
+        builder.structures = structures
+        builder.charge = orm.Int(charge)
+        builder.multiplicity = orm.Int(multiplicity)
+        builder.parameters = orm.Dict(inputs["parameters"])
+        builder.options = orm.Dict(inputs.get("options", {}))
+        for key, node_type in (
+            ("batch_size", orm.Int),
+            ("max_structure_retries", orm.Int),
+            ("min_distance", orm.Float),
+            ("max_iterations", orm.Int),
+        ):
+            if key in inputs:
+                builder[key] = node_type(inputs[key])
+        return builder
 
     def setup(self) -> None:
         if "indices" in self.inputs:
@@ -465,3 +548,65 @@ class ReferenceWorkChain(WorkChain):
             return self.exit_codes.ERROR_ALL_STRUCTURES_EXCLUDED
         self.out("dataset", datasets[0] if len(datasets) == 1 else _merge(datasets))
         return None
+
+
+@calcfunction
+def frequencies_from_vibspectrum(vibspectrum: orm.SinglefileData) -> orm.ArrayData:
+    """Wavenumbers (cm^-1, array ``frequencies``; 3N modes) from the ``vibspectrum`` file of ``xtb --hess``."""
+    from aiida_mlpes.core.reference.xtb import parse_vibspectrum
+
+    array = orm.ArrayData()
+    array.set_array("frequencies", parse_vibspectrum(vibspectrum.get_content()))
+    return array
+
+
+def run_xtb_frequencies(
+    code: orm.AbstractCode | str,
+    structure: orm.StructureData,
+    charge: int = 0,
+    multiplicity: int = 1,
+    method: str = "GFN2-xTB",
+    options: dict[str, Any] | None = None,
+) -> tuple[orm.ArrayData, orm.ProcessNode]:
+    """Reference harmonic frequencies with ``xtb --hess`` as an aiida-shell ShellJob (a command on files).
+
+    Returns the frequencies (ArrayData ``frequencies`` in cm^-1, all 3N modes, made by a calcfunction from the
+    job's ``vibspectrum``) and the ShellJob node. xtb writes its normal-termination line to stderr, so stderr is
+    redirected into stdout (otherwise aiida-shell reports exit 410 for a successful run).
+    """
+    from aiida_shell import launch_shell_job
+
+    from aiida_mlpes.core.reference.validation import check_charge_multiplicity
+    from aiida_mlpes.core.reference.xtb import METHODS, write_xyz
+
+    atoms = structure.get_ase()
+    problem = check_charge_multiplicity(atoms.numbers, charge, multiplicity)
+    if problem:
+        raise ValueError(problem)
+    if method not in METHODS:
+        raise ValueError(f"xtb method {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    geometry = orm.SinglefileData.from_string(write_xyz(atoms.numbers, atoms.positions), filename="mol.xyz")
+    arguments = [
+        "{geometry}",
+        "--hess",
+        *METHODS[method],
+        "--chrg",
+        str(int(charge)),
+        "--uhf",
+        str(int(multiplicity) - 1),
+    ]
+    metadata_options = {"redirect_stderr": True, "environment_variables": {"OMP_NUM_THREADS": "1"}}
+    metadata_options.update(options or {})
+    results, node = launch_shell_job(
+        code,
+        arguments=arguments,
+        nodes={"geometry": geometry},
+        filenames={"geometry": "mol.xyz"},
+        outputs=["vibspectrum"],
+        metadata={"options": metadata_options},
+    )
+    if not node.is_finished_ok or "vibspectrum" not in results:
+        raise RuntimeError(
+            f"xtb --hess failed (ShellJob<{node.pk}>: exit {node.exit_status} {node.exit_message})"
+        )
+    return frequencies_from_vibspectrum(results["vibspectrum"]), node

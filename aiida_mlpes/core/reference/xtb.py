@@ -260,3 +260,17 @@ def run_xtb(
         with (folder / "out").open("w") as out, (folder / "err").open("w") as err:
             subprocess.run([executable, *args], cwd=folder, stdout=out, stderr=err, env=env, check=False)
         return read_xtb(folder)
+
+
+def parse_vibspectrum(text: str) -> np.ndarray:
+    """Wavenumbers (cm^-1) of all 3N modes in xtb's Turbomole-style ``vibspectrum`` file (``xtb --hess``);
+    translations/rotations are the (near-)zero ones, imaginary modes are negative."""
+    values = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts or parts[0].startswith(("$", "#")):
+            continue
+        # "mode [symmetry] wavenumber intensity IR RAMAN": the wavenumber is the first float after the mode
+        numbers = [p for p in parts[1:] if re.fullmatch(FLOAT, p)]
+        values.append(to_float(numbers[0]))
+    return np.array(values)
