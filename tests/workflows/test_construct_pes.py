@@ -89,7 +89,7 @@ def test_needs_samples_or_a_dataset(codes):
 
 
 @pytest.mark.slow
-def test_loop_on_nh3_with_xtb(codes):
+def test_loop_on_nh3_with_xtb(codes, tmp_path):
     # A deliberately tiny, short-trained model: DMC finds holes in iteration 1 that get labelled and merged.
     builder = make_builder(
         codes, n_samples=30, dmc={"nwalkers": 300, "nsteps": 200, "eqsteps": 50, "seed": 1}
@@ -110,4 +110,18 @@ def test_loop_on_nh3_with_xtb(codes):
         .all(flat=True)
     }
     assert sources <= jobs, "every conformation must point at the xtb job that labelled it"
+    # the whole provenance exports as an archive for publication
+    labels = _export_and_check(node, tmp_path / "construct_pes.aiida")
+    assert {"ConstructPESWorkChain", "SampleCalculation", "XtbCalculation", "TrainCalculation"} <= labels
     assert results["model"].creator.process_label == "TrainCalculation"
+
+
+def _export_and_check(node, path):
+    from aiida.tools.archive import create_archive
+    from aiida.tools.archive.abstract import get_format
+
+    create_archive([node], filename=path)
+    with get_format().open(path, "r") as archive:
+        querybuilder = archive.querybuilder()
+        labels = set(querybuilder.append(orm.ProcessNode, project="attributes.process_label").all(flat=True))
+    return labels
