@@ -81,6 +81,30 @@ def test_morse_diatomic_resolves_anharmonicity():
     assert result.n_holes == 0
 
 
+def test_harmonic_start_needs_little_equilibration_and_drift_is_flagged():
+    masses = np.array([1.0, 2.0, 16.0])
+    trap = HarmonicTrap(np.zeros((3, 3)), np.array([10.0, 20.0, 30.0]))
+    exact = trap.ground_state(masses)
+    kwargs = {
+        "masses": masses,
+        "nwalkers": 1000,
+        "nsteps": 1500,
+        "timestep": 5.0,
+        "seed": 4,
+        "collapse_factor": 0,
+    }
+    harmonic = run_dmc(trap, [1, 1, 8], np.zeros((3, 3)), eqsteps=20, initial="harmonic", **kwargs)
+    assert_exact(harmonic, exact)
+    assert harmonic.settings["initial"] == "harmonic"
+    # walkers drawn from psi_0: their mean potential is E0 from the first step (unguided DMC)
+    np.testing.assert_allclose(harmonic.potential_trace[:5].mean(), exact, rtol=0.02)
+    # from the minimum with no equilibration, E_ref still climbs during the "production" steps
+    with pytest.warns(RuntimeWarning, match="not equilibrated, increase eqsteps"):
+        cold = run_dmc(trap, [1, 1, 8], np.zeros((3, 3)), eqsteps=0, **{**kwargs, "nsteps": 200})
+    assert cold.drift[0] > 3 * cold.drift[1]
+
+
+@pytest.mark.filterwarnings("ignore:DMC. E_ref drifts")  # a short run, not equilibrated on purpose
 def test_reproducible_from_seed_and_traces():
     trap = HarmonicTrap(np.zeros((2, 3)), 20.0)
     kwargs = {"nwalkers": 300, "nsteps": 200, "eqsteps": 50, "timestep": 5.0}
@@ -290,6 +314,7 @@ def test_bad_input():
         ({"nsteps": 100, "eqsteps": 100}, "eqsteps must be an integer in"),
         ({"masses": [1.0, 2.0, 3.0]}, "masses have 3 entries but there are 2 atoms"),
         ({"masses": [1.0, 0.0]}, "non-positive mass"),
+        ({"initial": "random"}, "initial must be 'minimum' or 'harmonic'"),
     ]:
         with pytest.raises(ValueError, match=message):
             run_dmc(trap, [1, 1], x0, **kwargs)

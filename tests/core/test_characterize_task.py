@@ -45,7 +45,7 @@ def test_nh3_on_gfn2_all_tasks(workdir, task_runner):
             "frequencies": {},
             "mep": {"fmax": 1e-2, "record_every": 5},
             "mdp": {"nsteps": 40, "timestep": 0.5},
-            "dmc": {"nwalkers": 30, "nsteps": 20, "eqsteps": 5, "seed": 1},
+            "dmc": {"nwalkers": 20, "nsteps": 10, "eqsteps": 2, "seed": 1, "initial": "harmonic"},
         },
     }
     (workdir / "input.json").write_text(json.dumps(settings))
@@ -75,7 +75,7 @@ def test_nh3_on_gfn2_all_tasks(workdir, task_runner):
     assert len(mep) == result["mep"]["n_frames"]
     assert read(workdir / "minimum.xyz").get_potential_energy() == pytest.approx(result["minimum"]["energy"])
     with np.load(workdir / "dmc.npz") as data:
-        assert data["energy_trace"].shape == (20,) and data["walkers"].shape[1:] == (4, 3)
+        assert data["energy_trace"].shape == (10,) and data["walkers"].shape[1:] == (4, 3)
 
 
 def test_holes_dataset_from_a_small_physnet(workdir):

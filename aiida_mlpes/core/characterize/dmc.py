@@ -37,13 +37,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from ase.data import covalent_radii
 from scipy.stats import chi2
 
 from aiida_mlpes.core.characterize._common import evaluate, validate_system
-from aiida_mlpes.core.characterize.frequencies import normal_modes
+from aiida_mlpes.core.characterize.frequencies import NormalModes, normal_modes
 from aiida_mlpes.core.characterize.stationary import check_minimum
 from aiida_mlpes.core.potential import Potential
 from aiida_mlpes.core.units import AMU_IN_ME, BOHR, HARTREE, INV_CM
@@ -71,6 +72,7 @@ class DMCResult:
         walkers: (W, N, 3) final walker positions (Angstrom), a sample of the ground-state density.
         minimum_energy: V(minimum) in eV (absolute).
         harmonic_zpe: harmonic ZPE of the minimum (eV), None when not computed.
+        drift: (second-half minus first-half mean of E_ref over the production steps, its error) in eV.
         stopped: why the run stopped early (population died out or exploded), None if it ran to the end;
             the traces then cover only the steps done (ZPE nan if none after ``eqsteps``).
     """
@@ -92,6 +94,7 @@ class DMCResult:
     settings: dict = field(default_factory=dict)
     wall_time: float = 0.0
     stopped: str | None = None
+    drift: tuple[float, float] | None = None
 
     @property
     def zpe_cm(self) -> float:
@@ -141,6 +144,26 @@ def blocking_error(series: np.ndarray) -> float:
     return float(error_of_block * np.sqrt(2**d / len(x)))
 
 
+def _drift(production: np.ndarray) -> tuple[float, float] | None:
+    """Difference of the means of the second and first halves of ``production`` and its blocking error."""
+    half = len(production) // 2
+    if half < 32:
+        return None
+    first, second = production[:half], production[half : 2 * half]
+    error = np.hypot(blocking_error(first), blocking_error(second))
+    return float(second.mean() - first.mean()), float(error)
+
+
+def _harmonic_displacements(modes: NormalModes, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, N, 3) displacements in bohr drawn from psi_0 of the harmonic modes above 50 cm^-1."""
+    keep = modes.frequencies > 50.0
+    omega = modes.frequencies[keep] * INV_CM / HARTREE  # Eh = 1/au of time
+    vectors = modes.mass_weighted_modes[keep]  # (K, N, 3), orthonormal
+    inv_sqrt_m = 1.0 / np.sqrt(modes.masses * AMU_IN_ME)[None, :, None]  # 1/sqrt(m_e)
+    q = rng.standard_normal((n, len(omega))) / np.sqrt(omega)  # sqrt(m_e) bohr
+    return np.einsum("wk,kia->wia", q, vectors) * inv_sqrt_m
+
+
 def _collapse_bounds(numbers: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     i, j = np.triu_indices(len(numbers), k=1)
     bound = factor * (covalent_radii[numbers[i]] + covalent_radii[numbers[j]])
@@ -167,6 +190,7 @@ def run_dmc(
     batch_size: int | None = None,
     check: bool = True,
     max_population_factor: float = 10.0,
+    initial: Literal["minimum", "harmonic"] = "minimum",
 ) -> DMCResult:
     """Run unguided DMC from the minimum ``positions`` (Angstrom); see the module docstring.
 
@@ -185,6 +209,12 @@ def run_dmc(
         check: verify first that ``positions`` are a minimum (harmonic analysis; ValueError if not).
         max_population_factor: the run stops (with a warning, keeping what it found) when the population
             exceeds this multiple of ``nwalkers`` or dies out.
+        initial: ``"minimum"`` starts every walker at ``positions`` (the paper); ``"harmonic"`` draws them
+            from the harmonic ground state (the walker density of unguided DMC is psi_0, a Gaussian of
+            variance 1/(m omega) per mode; modes below 50 cm^-1 are left out), which shortens equilibration.
+
+    A warning is issued when E_ref still drifts between the two halves of the production steps (more than
+    three standard errors): increase ``eqsteps``. The drift is stored in ``result.drift`` (eV).
     """
     numbers, positions, masses = validate_system(numbers, positions, masses)
     _check_settings(nwalkers, nsteps, eqsteps, timestep, alpha, max_holes, batch_size)
@@ -198,12 +228,17 @@ def run_dmc(
         raise ValueError(
             "uncertainty_threshold needs a potential returning (energies, forces, std) or an uncertainty callable"
         )
+    if initial not in ("minimum", "harmonic"):
+        raise ValueError(f"initial must be 'minimum' or 'harmonic', got {initial!r}")
     harmonic_zpe = None
-    if check:
+    modes = None
+    if check or initial == "harmonic":
         modes = normal_modes(potential, numbers, positions, masses, project="auto", batch_size=batch_size)
+        harmonic_zpe = modes.zpe
+    if check:
+        assert modes is not None
         max_drop = None if hole_threshold is None else 0.5 * hole_threshold
         check_minimum(modes, f_min[0], max_relaxation=max_drop)
-        harmonic_zpe = modes.zpe
 
     sigma = np.sqrt(timestep / (masses * AMU_IN_ME))[None, :, None]  # bohr
     pair_i, pair_j, bound2 = _collapse_bounds(numbers, collapse_factor)
@@ -215,6 +250,13 @@ def run_dmc(
 
     walkers = np.repeat(positions[None] / BOHR, nwalkers, axis=0)
     e_ref = v_min_au
+    if initial == "harmonic":
+        assert modes is not None
+        walkers += _harmonic_displacements(modes, nwalkers, rng)
+        start_energies = energy_fn(walkers * BOHR)[0] / HARTREE
+        e_ref = float(
+            np.mean(start_energies[np.isfinite(start_energies)])
+        )  # ~E0 for psi_0-distributed walkers
     energy_trace = np.empty(nsteps)
     potential_trace = np.empty(nsteps)
     population = np.empty(nsteps, dtype=np.int64)
@@ -266,6 +308,14 @@ def run_dmc(
 
     energy_trace, potential_trace, population = energy_trace[:done], potential_trace[:done], population[:done]
     production = energy_trace[eqsteps:]
+    drift = _drift(production)
+    if drift is not None and abs(drift[0]) > 3 * drift[1]:
+        warnings.warn(
+            f"DMC: E_ref drifts by {drift[0] * HARTREE:.2e} +- {drift[1] * HARTREE:.1e} eV between the halves of "
+            f"the production steps: not equilibrated, increase eqsteps (now {eqsteps})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     holes = hole_store.arrays(len(numbers))
     return DMCResult(
         zpe=float((production.mean() - v_min_au) * HARTREE) if len(production) else float("nan"),
@@ -293,9 +343,11 @@ def run_dmc(
             "uncertainty_threshold": uncertainty_threshold,
             "collapse_factor": collapse_factor,
             "collapse_energy": collapse_energy,
+            "initial": initial,
         },
         wall_time=wall,
         stopped=stopped,
+        drift=None if drift is None else (drift[0] * HARTREE, drift[1] * HARTREE),
     )
 
 
