@@ -123,6 +123,7 @@ def test_scf_failures_reported_and_fixed_settings(runner_code):
     assert fixed["max_cycle"] == 300 and AseCalculation.level_of_theory(fixed) == "pyscf HF sto-3g"
 
 
+@pytest.mark.slow
 def test_killed_job_keeps_finished_structures_and_work_chain_finishes_the_rest(
     aiida_code_installed, tmp_path
 ):

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.core.reference.orca import parse_engrad, parse_orca_output, read_orca, write_orca_input
 from aiida_mlpes.core.units import BOHR, HARTREE
+from tests.conftest import REALDATA
 
-REALDATA = Path(os.environ.get("MLPES_REALDATA", Path(__file__).resolve().parents[3] / "shared" / "realdata"))
-pytestmark = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real outputs not found at {REALDATA}")
+pytestmark = pytest.mark.usefixtures("realdata")  # fails loudly if shared/realdata is missing
 GRAD = HARTREE / BOHR
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,10 +24,10 @@ from aiida_mlpes.core.reference.xtb import (
     xtb_arguments,
 )
 from aiida_mlpes.core.units import BOHR, HARTREE
+from tests.conftest import REALDATA
 
-REALDATA = Path(os.environ.get("MLPES_REALDATA", Path(__file__).resolve().parents[3] / "shared" / "realdata"))
 XTB = shutil.which("xtb")
-needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real outputs not found at {REALDATA}")
+needs_realdata = pytest.mark.usefixtures("realdata")  # fails loudly if shared/realdata is missing
 needs_xtb = pytest.mark.skipif(XTB is None, reason="xtb executable not installed")
 GRAD = HARTREE / BOHR
 
@@ -140,12 +139,7 @@ def test_arguments():
 
 @pytest.fixture(scope="module")
 def nh3():
-    atoms = read(REALDATA / "geometries/NH3_SymmObl_opan.xyz") if REALDATA.is_dir() else None
-    if atoms is None:
-        from ase.build import molecule
-
-        atoms = molecule("NH3")
-    return atoms
+    return read(REALDATA / "geometries/NH3_SymmObl_opan.xyz")
 
 
 def _env():

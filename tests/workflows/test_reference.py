@@ -65,6 +65,7 @@ def xtb_code(aiida_code_installed):
     )
 
 
+@pytest.mark.slow
 def test_real_xtb_nh3_end_to_end(xtb_code):
     """6 NH3 structures in 2 parallel batches through run(): energies/forces equal xtb run directly."""
     arrays = nh3_arrays(6)
@@ -91,6 +92,7 @@ def test_real_xtb_nh3_end_to_end(xtb_code):
     assert set(labelled.source) == {j.uuid for j in jobs}
 
 
+@pytest.mark.slow
 def test_failures_are_healed_and_nothing_is_lost(xtb_code, aiida_code_installed, tmp_path):
     """Stand-in xtb: structure 1 needs >= 1000 SCC iterations, structure 2 kills its job script the first
     time (walltime mid-batch: structure 3 never starts), structure 6 always fails. Everything except 6
