@@ -17,6 +17,7 @@ import argparse
 import os
 import resource
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ def run(potential, nwalkers: int, nsteps: int, label: str, repeats: int = 1) -> 
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore", message="DMC: E_ref drifts")  # timing runs are not equilibrated
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--walkers", type=int, nargs="+", default=[1000, 10000])
