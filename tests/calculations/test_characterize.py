@@ -55,8 +55,9 @@ def characterize_entry_points(monkeypatch):
 def runner_code(aiida_code_installed, tmp_path_factory):
     """``aiida-mlpes-run``; while its TASKS table lacks "characterize", a wrapper that adds it."""
     if "characterize" in runner.TASKS:
-        executable = shutil.which("aiida-mlpes-run")
-        assert executable, "aiida-mlpes-run is not on PATH: install the package (pip install -e .)"
+        beside = Path(sys.executable).parent / "aiida-mlpes-run"  # the venv's, also when it is not on PATH
+        executable = str(beside) if beside.exists() else shutil.which("aiida-mlpes-run")
+        assert executable, "aiida-mlpes-run is not installed: pip install -e ."
     else:
         wrapper = tmp_path_factory.mktemp("bin") / "aiida-mlpes-run-characterize"
         wrapper.write_text(
