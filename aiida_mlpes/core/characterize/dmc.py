@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from ase.data import covalent_radii
-from scipy.stats import chi2
 
 from aiida_mlpes.core.characterize._common import evaluate, validate_system
 from aiida_mlpes.core.characterize.frequencies import NormalModes, normal_modes
+from aiida_mlpes.core.characterize.holes import HoleStore, collapse_bounds, hole_reasons
 from aiida_mlpes.core.characterize.stationary import check_minimum
+from aiida_mlpes.core.characterize.statistics import blocking_error, drift
 from aiida_mlpes.core.potential import Potential
 from aiida_mlpes.core.units import AMU_IN_ME, BOHR, HARTREE, INV_CM
 
@@ -112,48 +112,6 @@ class DMCResult:
         return plot_dmc(self, path)
 
 
-def blocking_error(series: np.ndarray) -> float:
-    """Standard error of the mean of a correlated series by automatic blocking.
-
-    The series is halved repeatedly by averaging neighbours; the block level is chosen by Jonsson's
-    M-test (Phys. Rev. E 98, 043304 (2018)) at 99 % confidence, the automatic form of Flyvbjerg and
-    Petersen's plateau. The test runs on the last 2^d points and the error is scaled to the full length.
-    """
-    x = np.asarray(series, dtype=float).reshape(-1)
-    if len(x) < 4:
-        return float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
-    d = int(np.log2(len(x)))
-    block = x[len(x) - 2**d :]
-    mean = block.mean()
-    variance = np.empty(d)
-    gamma = np.empty(d)
-    for level in range(d):
-        n = len(block)
-        gamma[level] = np.sum((block[:-1] - mean) * (block[1:] - mean)) / n
-        variance[level] = block.var()
-        block = 0.5 * (block[0::2] + block[1::2])
-    if variance[0] == 0:
-        return 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.nan_to_num((gamma / variance) ** 2) * 2.0 ** np.arange(d, 0, -1)
-    m_stat = np.cumsum(terms[::-1])[::-1]
-    quantiles = chi2.ppf(0.99, np.arange(d, 0, -1))
-    below = np.flatnonzero(m_stat < quantiles)
-    level = int(below[0]) if len(below) else d - 1
-    error_of_block = np.sqrt(variance[level] / 2 ** (d - level))
-    return float(error_of_block * np.sqrt(2**d / len(x)))
-
-
-def _drift(production: np.ndarray) -> tuple[float, float] | None:
-    """Difference of the means of the second and first halves of ``production`` and its blocking error."""
-    half = len(production) // 2
-    if half < 32:
-        return None
-    first, second = production[:half], production[half : 2 * half]
-    error = np.hypot(blocking_error(first), blocking_error(second))
-    return float(second.mean() - first.mean()), float(error)
-
-
 def _harmonic_displacements(modes: NormalModes, n: int, rng: np.random.Generator) -> np.ndarray:
     """(n, N, 3) displacements in bohr drawn from psi_0 of the harmonic modes above 50 cm^-1."""
     keep = modes.frequencies > 50.0
@@ -162,12 +120,6 @@ def _harmonic_displacements(modes: NormalModes, n: int, rng: np.random.Generator
     inv_sqrt_m = 1.0 / np.sqrt(modes.masses * AMU_IN_ME)[None, :, None]  # 1/sqrt(m_e)
     q = rng.standard_normal((n, len(omega))) / np.sqrt(omega)  # sqrt(m_e) bohr
     return np.einsum("wk,kia->wia", q, vectors) * inv_sqrt_m
-
-
-def _collapse_bounds(numbers: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    i, j = np.triu_indices(len(numbers), k=1)
-    bound = factor * (covalent_radii[numbers[i]] + covalent_radii[numbers[j]])
-    return i, j, bound**2
 
 
 def run_dmc(
@@ -241,12 +193,12 @@ def run_dmc(
         check_minimum(modes, f_min[0], max_relaxation=max_drop)
 
     sigma = np.sqrt(timestep / (masses * AMU_IN_ME))[None, :, None]  # bohr
-    pair_i, pair_j, bound2 = _collapse_bounds(numbers, collapse_factor)
+    pair_i, pair_j, bound2 = collapse_bounds(numbers, collapse_factor)
     check_collapse = collapse_factor > 0 and len(pair_i) > 0
     v_min_au = v_min / HARTREE
     collapse_ceiling = v_min_au + collapse_energy / HARTREE
     threshold_au = None if hole_threshold is None else hole_threshold / HARTREE
-    hole_store = _HoleStore(max_holes)
+    hole_store = HoleStore(max_holes)
 
     walkers = np.repeat(positions[None] / BOHR, nwalkers, axis=0)
     e_ref = v_min_au
@@ -281,7 +233,7 @@ def run_dmc(
             collapsed = np.any(np.einsum("wpk,wpk->wp", diff, diff) < bound2, axis=1)
             bad |= collapsed & (v < collapse_ceiling)
         if bad.any():
-            reasons = _reasons(bad, v, v_min_au, threshold_au, std, uncertainty_threshold)
+            reasons = hole_reasons(bad, v, v_min_au, threshold_au, std, uncertainty_threshold)
             hole_store.add(cart[bad], (v[bad] - v_min_au) * HARTREE, step, reasons)
             keep = ~bad
             walkers, v = walkers[keep], v[keep]
@@ -308,10 +260,10 @@ def run_dmc(
 
     energy_trace, potential_trace, population = energy_trace[:done], potential_trace[:done], population[:done]
     production = energy_trace[eqsteps:]
-    drift = _drift(production)
-    if drift is not None and abs(drift[0]) > 3 * drift[1]:
+    drift_au = drift(production)
+    if drift_au is not None and abs(drift_au[0]) > 3 * drift_au[1]:
         warnings.warn(
-            f"DMC: E_ref drifts by {drift[0] * HARTREE:.2e} +- {drift[1] * HARTREE:.1e} eV between the halves of "
+            f"DMC: E_ref drifts by {drift_au[0] * HARTREE:.2e} +- {drift_au[1] * HARTREE:.1e} eV between the halves of "
             f"the production steps: not equilibrated, increase eqsteps (now {eqsteps})",
             RuntimeWarning,
             stacklevel=2,
@@ -347,7 +299,7 @@ def run_dmc(
         },
         wall_time=wall,
         stopped=stopped,
-        drift=None if drift is None else (drift[0] * HARTREE, drift[1] * HARTREE),
+        drift=None if drift_au is None else (drift_au[0] * HARTREE, drift_au[1] * HARTREE),
     )
 
 
@@ -400,51 +352,3 @@ def _energy_function(
         return energies, std
 
     return call_full
-
-
-def _reasons(
-    bad: np.ndarray,
-    v: np.ndarray,
-    v_min: float,
-    threshold: float | None,
-    std: np.ndarray | None,
-    std_threshold: float | None,
-) -> np.ndarray:
-    reasons = np.full(len(v), "collapse", dtype=object)
-    if std is not None and std_threshold is not None:
-        reasons[std > std_threshold] = "uncertainty"
-    if threshold is not None:
-        reasons[v < v_min - threshold] = "energy"
-    reasons[~np.isfinite(v)] = "nonfinite"
-    return reasons[bad]
-
-
-class _HoleStore:
-    """Keeps at most ``limit`` holes (first found first kept) and counts all of them."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        self.stored = 0
-
-    def add(self, positions: np.ndarray, energies: np.ndarray, step: int, reasons: np.ndarray) -> None:
-        self.count += len(positions)
-        room = self.limit - self.stored
-        if room <= 0:
-            return
-        take = slice(0, room)
-        self.parts.append(
-            (positions[take].copy(), energies[take], np.full(len(energies[take]), step), reasons[take])
-        )
-        self.stored += len(energies[take])
-
-    def arrays(self, n_atoms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        if not self.parts:
-            return np.zeros((0, n_atoms, 3)), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=str)
-        return (
-            np.concatenate([p[0] for p in self.parts]),
-            np.concatenate([p[1] for p in self.parts]),
-            np.concatenate([p[2] for p in self.parts]).astype(np.int64),
-            np.concatenate([p[3] for p in self.parts]).astype(str),
-        )
