@@ -17,7 +17,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -232,7 +232,8 @@ class MLPotential:
                 with torch.inference_mode():
                     out = model(batch, compute_forces=False)
         if auto:
-            self.thread_choosers[forces].record(threads, (time.perf_counter() - start) / b)
+            # auto: threads was set by choose() above
+            self.thread_choosers[forces].record(cast(int, threads), (time.perf_counter() - start) / b)
         result = {"energy": out["energy"].cpu().numpy()}
         if forces:
             result["forces"] = out["forces"].reshape(b, self.n_atoms, 3).cpu().numpy().astype(np.float64)
@@ -262,14 +263,14 @@ class MLPotential:
             for m in range(k):
                 out = self.run_chunk(m, positions[start:stop], forces=forces)
                 energies[m, start:stop] = out["energy"]
-                if forces:
+                if all_forces is not None:  # None iff not forces
                     all_forces[m, start:stop] = out["forces"]
         result = {"energy": energies.mean(axis=0)}
-        if forces:
+        if all_forces is not None:
             result["forces"] = all_forces.mean(axis=0)
         if k > 1:
             result["energy_std"] = committee_std(energies)
-            if forces:
+            if all_forces is not None:
                 result["forces_std"] = committee_std(all_forces)
         return result
 
@@ -344,7 +345,7 @@ class MLPESCalculator(Calculator):
         system_changes: Sequence[str] = all_changes,
     ) -> None:
         super().calculate(atoms, properties, system_changes)
-        atoms = self.atoms
+        atoms = cast(Atoms, self.atoms)  # set by Calculator.calculate above
         charge = self.charge if self.charge is not None else float(atoms.info.get("charge", 0.0))
         pot = self._potential
         if pot is None or pot.charge != charge or not np.array_equal(pot.numbers, atoms.numbers):

@@ -10,7 +10,8 @@ Energy = energy_scale * (sum_i E_i) + E_coulomb + E_dispersion + sum_i E_ref(Z_i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,12 +22,25 @@ from .config import ModelConfig
 from .layers import polynomial_cutoff
 from .neighbors import all_pairs, build_pairs
 
+if TYPE_CHECKING:
+    from .dispersion import D3Dispersion
+
 #: Coulomb constant in eV*Angstrom/e^2 (ase.units: Hartree * Bohr).
 COULOMB_EV_ANGSTROM = 14.399645351950543
 
 
 class AtomisticModel(nn.Module):
     """Base class: batch handling, energy assembly, charges, electrostatics and forces."""
+
+    # buffers (registered in __init__) and optional submodule, declared for type checkers
+    elements: torch.Tensor
+    element_index: torch.Tensor
+    cutoff: torch.Tensor
+    element_energies: torch.Tensor
+    energy_scale: torch.Tensor
+    dispersion: D3Dispersion | None
+    #: metadata stored with the model file (set by :func:`~.io.load_model`)
+    metadata: dict[str, Any]
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -45,7 +59,7 @@ class AtomisticModel(nn.Module):
 
             self.dispersion = D3Dispersion(config.elements, config.dispersion_functional)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn, recurse=True):
         """Keep reference energies, scale and cutoff in float64 whatever ``.to(dtype)`` does."""
         keep = {name: getattr(self, name) for name in ("element_energies", "energy_scale", "cutoff")}
         super()._apply(fn, recurse)
@@ -59,7 +73,7 @@ class AtomisticModel(nn.Module):
     #: Largest batch (atoms) for the hand-written pass; None: any size.
     fast_max_atoms: int | None = None
 
-    def fast_function(self):  # type: ignore[no-untyped-def]
+    def fast_function(self) -> Callable[..., dict[str, torch.Tensor]] | None:
         """The architecture's hand-written energy/forces function (``fast.py``), or None."""
         return None
 

@@ -18,6 +18,8 @@ from ..units import BOHR, HARTREE
 class D3Dispersion(nn.Module):
     """D3(BJ) dispersion energy per molecule (eV) for the damping parameters of ``functional``."""
 
+    elements: torch.Tensor  # buffer: atomic numbers indexed by species
+
     def __init__(self, elements: Sequence[int], functional: str = "pbe") -> None:
         super().__init__()
         try:

@@ -20,7 +20,7 @@ from .base import COULOMB_EV_ANGSTROM
 aten = torch.ops.aten
 
 
-def _activation(name: str):  # type: ignore[no-untyped-def]
+def _activation(name: str):
     if name == "shifted_softplus":  # plain softplus: the shift lives in the following biases
         return F.softplus, lambda grad, x: aten.softplus_backward(grad, x, 1.0, 20.0)
     return F.silu, aten.silu_backward
@@ -30,13 +30,13 @@ def _linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
     return F.linear(x, layer.weight, layer.bias)
 
 
-def _residual_forward(layer, x, act, saved):  # type: ignore[no-untyped-def]
+def _residual_forward(layer, x, act, saved):
     t = _linear(act(x), layer.dense1)
     saved.append((x, t))
     return _linear(act(t), layer.dense2).add_(x)
 
 
-def _residual_backward(layers, grad, act_bw, saved):  # type: ignore[no-untyped-def]
+def _residual_backward(layers, grad, act_bw, saved):
     for layer, (x, t) in zip(reversed(layers), reversed(saved), strict=True):
         gt = act_bw(grad.mm(layer.dense2.weight), t)
         grad = act_bw(gt.mm(layer.dense1.weight), x).add_(grad)
@@ -55,7 +55,7 @@ def _cutoff_and_derivative(r: torch.Tensor, cutoff: float) -> tuple[torch.Tensor
 
 
 def molecular_outputs(
-    model,  # type: ignore[no-untyped-def]
+    model,
     total: torch.Tensor,
     species: torch.Tensor,
     positions: torch.Tensor,
@@ -109,7 +109,7 @@ def molecular_outputs(
 
 @torch.no_grad()
 def physnet_energy_forces(
-    model,  # type: ignore[no-untyped-def]
+    model,
     species: torch.Tensor,
     positions: torch.Tensor,
     idx_i: torch.Tensor,

@@ -14,6 +14,7 @@ rounding (tests compare them in float64).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,12 +55,12 @@ class NumpyPhysNet:
         charge: its total charge (e).
     """
 
-    def __init__(self, model, numbers: Sequence[int], charge: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, model, numbers: Sequence[int] | np.ndarray, charge: float) -> None:
         self.model = model
         self.numbers = np.asarray(numbers, dtype=np.int64)
         self.charge = float(charge)
         self.n = n = len(self.numbers)
-        self.dtype = np.float64 if model.dtype == torch.float64 else np.float32
+        self.dtype: type[np.floating[Any]] = np.float64 if model.dtype == torch.float64 else np.float32
         local_i = np.repeat(np.arange(n), n - 1)
         local_j = np.array([j for i in range(n) for j in range(n) if j != i], dtype=np.int64)
         self.local = (local_i, local_j)
@@ -68,7 +69,7 @@ class NumpyPhysNet:
         self._weights()
 
     @staticmethod
-    def supports(model) -> bool:  # type: ignore[no-untyped-def]
+    def supports(model) -> bool:
         """Whether ``model`` can run here (PhysNet, shifted softplus, no dispersion, on CPU)."""
         return (
             model.config.architecture == "physnet"
@@ -90,11 +91,11 @@ class NumpyPhysNet:
             return
         m, dt = self.model, self.dtype
 
-        def lin(layer) -> tuple[np.ndarray, np.ndarray | None]:  # type: ignore[no-untyped-def]
+        def lin(layer) -> tuple[np.ndarray, np.ndarray | None]:
             w = np.ascontiguousarray(_np(layer.weight).T, dtype=dt)
             return w, None if layer.bias is None else _np(layer.bias).astype(dt)
 
-        def res(layers) -> list:  # type: ignore[no-untyped-def]
+        def res(layers) -> list:
             """Per residual layer: W1.T, b1, W2.T, b2 (forward) and W1, W2 (reverse pass)."""
             out = []
             for layer in layers:
@@ -113,7 +114,7 @@ class NumpyPhysNet:
         self.centers = _np(m.rbf.centers).astype(dt)
         self.widths = _np(m.rbf.widths).astype(dt)
         self.filters = lin(m.filters)[0]
-        self.blocks = [
+        self.blocks: list[dict[str, Any]] = [
             {
                 "ij": lin(b.dense_ij),
                 "W_ij": _np(b.dense_ij.weight).astype(dt),

@@ -20,7 +20,7 @@ def _scatter(values: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def painn_energy_forces(
-    model,  # type: ignore[no-untyped-def]
+    model,
     species: torch.Tensor,
     positions: torch.Tensor,
     idx_i: torch.Tensor,
@@ -107,7 +107,7 @@ def painn_energy_forces(
         g_dv = g_v.index_select(0, idx_i)
         g_dvs = (g_dv * unit.unsqueeze(2)).sum(dim=1)
         g_unit += (g_dv * dvs.unsqueeze(1)).sum(dim=2)
-        g_dvv = (g_dv * v_j).sum(dim=1) if k else torch.zeros_like(g_dvs)
+        g_dvv = (g_dv * v_j).sum(dim=1) if v_j is not None else torch.zeros_like(g_dvs)  # None iff k == 0
         g_x = torch.cat([g_ds, g_dvv, g_dvs], dim=1)
         g_filters.append(g_x * phi_j)
         if k == 0:

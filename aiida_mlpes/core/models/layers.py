@@ -74,6 +74,8 @@ class ExpNormalRBF(nn.Module):
 class SincRBF(nn.Module):
     """PaiNN radial basis sin(k pi r / cutoff) / r, k = 1..K (no cutoff applied; the filter applies it)."""
 
+    frequencies: torch.Tensor  # buffer (K,)
+
     def __init__(self, n_rbf: int, cutoff: float) -> None:
         super().__init__()
         self.cutoff = float(cutoff)

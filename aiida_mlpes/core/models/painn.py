@@ -9,6 +9,8 @@ A two-layer head gives per-atom energies and charges from s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -81,7 +83,7 @@ class PaiNN(AtomisticModel):
     #: the hand-written pass wins on small batches only (~10% slower than autograd for 1000 NH3)
     fast_max_atoms = 512
 
-    def fast_function(self):  # type: ignore[no-untyped-def]
+    def fast_function(self) -> Callable[..., dict[str, torch.Tensor]]:
         return painn_energy_forces
 
     def atomic_outputs(

@@ -14,6 +14,7 @@ layer, its -ln 2 is absorbed in that layer's bias (same function class, fewer op
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,6 +27,8 @@ from .layers import Dense, ExpNormalRBF, Residual, make_activation, scatter_sum
 
 class PhysNetModule(nn.Module):
     """One PhysNet module: interaction block, atomic residuals, output block (energy, charge)."""
+
+    h_shift: torch.Tensor  # buffer (2F,)
 
     def __init__(self, config: ModelConfig, n_out: int) -> None:
         super().__init__()
@@ -82,7 +85,7 @@ class PhysNet(AtomisticModel):
         self.blocks = nn.ModuleList(PhysNetModule(config, self.n_out) for _ in range(config.n_blocks))
         self.output_shift = nn.Parameter(torch.zeros(n_elements, self.n_out))
 
-    def fast_function(self):  # type: ignore[no-untyped-def]
+    def fast_function(self) -> Callable[..., dict[str, torch.Tensor]]:
         return physnet_energy_forces
 
     def atomic_outputs(
