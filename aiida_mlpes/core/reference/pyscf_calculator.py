@@ -6,6 +6,8 @@ Charge and multiplicity come from the parameters or from ``atoms.info['charge'/'
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, CalculatorError, all_changes
@@ -48,16 +50,21 @@ class PySCFCalculator(Calculator):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._last_key = None
+        self._last_key: tuple | None = None
         self._last_dm = None
+
+    @property
+    def _params(self) -> Any:
+        """ASE's Parameters dict (attribute access, which its type stubs do not know)."""
+        return self.parameters
 
     def _molecule(self, atoms: Atoms):
         from pyscf import gto
 
-        charge = self.parameters.charge
+        charge = self._params.charge
         if charge is None:
             charge = int(atoms.info.get("charge", 0))
-        mult = self.parameters.multiplicity or atoms.info.get("multiplicity")
+        mult = self._params.multiplicity or atoms.info.get("multiplicity")
         if mult is None:
             mult = 1 if (int(atoms.numbers.sum()) - charge) % 2 == 0 else 2
         problem = check_charge_multiplicity(atoms.numbers, charge, mult)
@@ -66,7 +73,7 @@ class PySCFCalculator(Calculator):
         mol = gto.M(
             atom=[(int(z), tuple(p)) for z, p in zip(atoms.numbers, atoms.positions, strict=True)],
             unit="Angstrom",
-            basis=self.parameters.basis,
+            basis=self._params.basis,
             charge=int(charge),
             spin=int(mult) - 1,
             verbose=0,
@@ -76,35 +83,36 @@ class PySCFCalculator(Calculator):
     def _mean_field(self, mol):
         from pyscf import dft, scf
 
-        method = str(self.parameters.method)
+        method = str(self._params.method)
         open_shell = mol.spin != 0
         if method.upper() in WAVEFUNCTION_METHODS:
             mf = scf.UHF(mol) if open_shell else scf.RHF(mol)
         else:
             mf = dft.UKS(mol) if open_shell else dft.RKS(mol)
             mf.xc = method
-            mf.grids.level = int(self.parameters.grid_level)
-        if self.parameters.density_fit:
+            mf.grids.level = int(self._params.grid_level)
+        if self._params.density_fit:
             mf = mf.density_fit()
-        mf.conv_tol = float(self.parameters.conv_tol)
-        mf.max_cycle = int(self.parameters.max_cycle)
-        mf.level_shift = float(self.parameters.level_shift)
-        mf.damp = float(self.parameters.damping)
+        mf.conv_tol = float(self._params.conv_tol)
+        mf.max_cycle = int(self._params.max_cycle)
+        mf.level_shift = float(self._params.level_shift)
+        mf.damp = float(self._params.damping)
         mf.verbose = 0
         return mf
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        mol = self._molecule(self.atoms)
+        atoms = cast(Atoms, self.atoms)  # set by the base class
+        mol = self._molecule(atoms)
         mf = self._mean_field(mol)
         key = (
-            tuple(self.atoms.numbers),
+            tuple(atoms.numbers),
             mol.charge,
             mol.spin,
-            str(self.parameters.basis),
-            str(self.parameters.method),
+            str(self._params.basis),
+            str(self._params.method),
         )
-        dm0 = self._last_dm if (self.parameters.reuse_density and key == self._last_key) else None
+        dm0 = self._last_dm if (self._params.reuse_density and key == self._last_key) else None
         e_scf = mf.kernel(dm0=dm0)
         if not mf.converged:
             self._last_key = None
@@ -112,7 +120,7 @@ class PySCFCalculator(Calculator):
                 f"PySCF SCF did not converge in {mf.max_cycle} cycles (last energy {e_scf:.8f} Eh)"
             )
         self._last_key, self._last_dm = key, mf.make_rdm1()
-        if str(self.parameters.method).upper() == "MP2":
+        if str(self._params.method).upper() == "MP2":
             post = mf.MP2().run()
             energy = post.e_tot
             gradient = post.nuc_grad_method().kernel()

@@ -19,7 +19,9 @@ MIN_DISTANCE = 0.5
 MAX_Z = {"GFN2-xTB": 86, "GFN1-xTB": 86, "GFN0-xTB": 86, "GFN-FF": 86}
 
 
-def check_charge_multiplicity(numbers: Sequence[int], charge: int, multiplicity: int) -> str | None:
+def check_charge_multiplicity(
+    numbers: Sequence[int] | np.ndarray, charge: float, multiplicity: int
+) -> str | None:
     """Why ``charge``/``multiplicity`` cannot describe a molecule with these atoms, or None if they can.
 
     Electrons = sum(Z) - charge; an odd electron count needs an even multiplicity (doublet, quartet ...)

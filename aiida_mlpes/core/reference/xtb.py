@@ -98,7 +98,10 @@ def parse_gradient_file(text: str) -> tuple[float, np.ndarray, np.ndarray, np.nd
     if not starts:
         raise ValueError("no 'cycle =' line in the gradient file")
     head = lines[starts[-1]]
-    energy = to_float(re.search(rf"energy =\s+({FLOAT})", head).group(1)) * HARTREE
+    match = re.search(rf"energy =\s+({FLOAT})", head)
+    if match is None:
+        raise ValueError(f"no energy on the gradient file's cycle line {head!r}")
+    energy = to_float(match.group(1)) * HARTREE
     coords, grads = [], []
     for line in lines[starts[-1] + 1 :]:
         parts = line.split()
