@@ -91,7 +91,9 @@ def test_learning_curve_plot(tmp_path):
 
 def test_predict_matches_model_and_rejects_unknown_elements(tmp_path):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(elements=[1, 7], n_features=8, n_rbf=4, n_blocks=1, cutoff=4.0, dtype="float64"))
+    model = build_model(
+        ModelConfig(elements=[1, 7], n_features=8, n_rbf=4, n_blocks=1, cutoff=4.0, dtype="float64")
+    )
     model.set_reference([-13.0, -1480.0], 0.5)
     arrays = two_molecules()
     pred = predict(model, arrays, batch_size=1)

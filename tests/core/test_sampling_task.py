@@ -35,7 +35,9 @@ def test_nh3_normal_mode_sampling_writes_a_labelled_dataset(tmp_path, capsys):
     result = run_sample_task(settings, tmp_path)
     assert result["n_samples"] == 24 and not result["failed"] and result["labelled"]
     assert result["level_of_theory"] == "GFN2-xTB" and result["info"]["seed"] == 4
-    assert "normal_mode_sampling system 1: 12/12 samples" in capsys.readouterr().out  # progress in the job output
+    assert (
+        "normal_mode_sampling system 1: 12/12 samples" in capsys.readouterr().out
+    )  # progress in the job output
     json.dumps(result)
     arrays = read_arrays(tmp_path / "samples.h5")
     assert len(arrays) == 24 and arrays.energy is not None and arrays.forces is not None
