@@ -79,7 +79,7 @@ def setup_profile(folder: Path, poll_interval: int = 1):
     return computer
 
 
-def engine(arrays, xtb: str, computer, batch_size: int):
+def engine(arrays, xtb: str, computer, batch_size: int, driver: bool = False):
     from aiida import orm
     from aiida.engine import run_get_node
 
@@ -90,6 +90,14 @@ def engine(arrays, xtb: str, computer, batch_size: int):
         computer=computer, filepath_executable=xtb, label="xtb", default_calc_job_plugin="mlpes.xtb"
     ).store()
     dataset = PESDataset.from_arrays(arrays).store()
+    extra = {}
+    if driver:
+        runner = str(
+            Path(shutil.which("aiida-mlpes-run") or Path(sys.executable).with_name("aiida-mlpes-run"))
+        )
+        extra["driver_code"] = orm.InstalledCode(
+            computer=computer, filepath_executable=runner, label="aiida-mlpes-run"
+        ).store()
     start = time.perf_counter()
     results, node = run_get_node(
         ReferenceWorkChain,
@@ -97,6 +105,7 @@ def engine(arrays, xtb: str, computer, batch_size: int):
         structures=dataset,
         batch_size=batch_size,
         options={"environment_variables": {"OMP_NUM_THREADS": "1"}},
+        **extra,
     )
     elapsed = time.perf_counter() - start
     if not node.is_finished_ok:
@@ -113,6 +122,13 @@ def main() -> None:
         type=int,
         default=1,
         help="runner.poll.interval (s): how often a work chain checks its children without broker",
+    )
+    parser.add_argument(
+        "--driver",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="driver mode: one aiida-mlpes-run process runs all xtb calls of a job (default); "
+        "--no-driver: one CodeInfo per structure",
     )
     args = parser.parse_args()
     xtb = shutil.which("xtb")
@@ -131,9 +147,9 @@ def main() -> None:
             ensure_entry_points()
         except ImportError:
             pass
-        engine(nh3_structures(2, seed=99), xtb, computer, 2)  # warm-up: imports, first DB writes
+        engine(nh3_structures(2, seed=99), xtb, computer, 2, args.driver)  # warm-up: imports, first DB writes
         t_loop, e_loop = plain_loop(arrays, xtb)
-        t_engine, labelled, node = engine(arrays, xtb, computer, args.batch_size)
+        t_engine, labelled, node = engine(arrays, xtb, computer, args.batch_size, args.driver)
         jobs = sum(
             1 for n in node.called_descendants if n.node_type.startswith("process.calculation.calcjob")
         )

@@ -15,6 +15,7 @@ succeeded (by failure category) or when the job stopped before all structures ra
 from __future__ import annotations
 
 import io
+import json
 from typing import Any, ClassVar
 
 import numpy as np
@@ -190,6 +191,22 @@ def validate_reference_inputs(inputs: dict[str, Any], max_z: int = 118) -> str |
     return None
 
 
+#: Settings of the driver process in driver mode (see ``driver_code``).
+DRIVER_INPUT = "commands.json"
+
+
+def validate_driver_code(inputs: dict[str, Any]) -> str | None:
+    """Driver mode needs an installed program code and a driver code on the same computer."""
+    driver, code = inputs.get("driver_code"), inputs.get("code")
+    if driver is None or code is None:
+        return None
+    if not isinstance(code, orm.InstalledCode):
+        return f"driver_code needs an installed code (a path on the computer), not a {type(code).__name__}"
+    if driver.computer is None or code.computer is None or driver.computer.uuid != code.computer.uuid:
+        return "driver_code and code must be on the same computer"
+    return None
+
+
 class ReferenceCalculation(CalcJob):
     """One job labelling a batch of structures with an external program, one program call per structure.
 
@@ -219,10 +236,20 @@ class ReferenceCalculation(CalcJob):
             help="Store every program output in `retrieved` (default: parse them and keep only failures' "
             "messages).",
         )
+        spec.input(
+            "driver_code",
+            valid_type=orm.AbstractCode,
+            required=False,
+            help="An aiida-mlpes-run code on the same computer: run all program calls of the batch from one "
+            "process instead of one CodeInfo each (much less engine time for cheap methods such as xTB).",
+        )
         spec.inputs.validator = cls.validate_inputs
 
     @classmethod
     def validate_inputs(cls, inputs: dict[str, Any], _ctx=None) -> str | None:
+        message = validate_driver_code(inputs)
+        if message:
+            return message
         parameters = inputs["parameters"].get_dict() if "parameters" in inputs else {}
         try:
             cls.check_parameters(parameters)
@@ -259,6 +286,30 @@ class ReferenceCalculation(CalcJob):
         raise NotImplementedError
 
     # --- common machinery -----------------------------------------------------------------------------------
+    def _driver_codeinfo(self, folder: Folder, codes_info: list[CodeInfo]) -> CodeInfo:
+        """One ``aiida-mlpes-run run_commands`` call that runs the program calls of ``codes_info`` in turn."""
+        executable = str(self.inputs.code.get_executable())
+        environment = dict(self.inputs.metadata.options.get("environment_variables") or {})
+        environment.setdefault(
+            "OMP_NUM_THREADS", "1"
+        )  # xtb & co. are far slower with threads on tiny molecules
+        commands = [
+            {
+                "args": [executable, *info.cmdline_params],
+                "stdout": info.stdout_name,
+                "stderr": info.stderr_name,
+            }
+            for info in codes_info
+        ]
+        settings = {"commands": commands, "environment": environment}
+        folder.create_file_from_filelike(io.StringIO(json.dumps(settings)), DRIVER_INPUT, mode="w")
+        driver = CodeInfo()
+        driver.code_uuid = self.inputs.driver_code.uuid
+        driver.cmdline_params = ["run_commands", DRIVER_INPUT]
+        driver.stdout_name = "driver.out"
+        driver.stderr_name = "driver.err"
+        return driver
+
     def selected_indices(self) -> list[int]:
         if "indices" in self.inputs:
             return [int(i) for i in self.inputs.indices.get_list()]
@@ -285,6 +336,10 @@ class ReferenceCalculation(CalcJob):
             codes_info.append(codeinfo)
         calcinfo = CalcInfo()
         calcinfo.codes_info = codes_info
+        if "driver_code" in self.inputs:
+            calcinfo.codes_info = [self._driver_codeinfo(folder, codes_info)]
+            # the program's own environment set-up (module load ...) still runs before the calls
+            calcinfo.prepend_text = self.inputs.code.prepend_text or None
         if not self.STORE_STRUCTURE_INPUTS:
             from ase.data import chemical_symbols
 

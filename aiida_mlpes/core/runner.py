@@ -25,6 +25,7 @@ from typing import Any
 #: do not slow down another's.
 TASKS: dict[str, str] = {
     "merge": "aiida_mlpes.core.dataset:run_merge_task",
+    "run_commands": "aiida_mlpes.core.commands:run_commands_task",
     "reference_ase": "aiida_mlpes.core.reference.task:run_ase_label_task",
     "sample": "aiida_mlpes.core.sampling.task:run_sample_task",
     "train": "aiida_mlpes.core.training_task:run_train_task",

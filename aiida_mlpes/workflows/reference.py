@@ -55,6 +55,13 @@ def _calculation_class(code: orm.AbstractCode):
 
 def _define_common_inputs(spec) -> None:
     spec.input(
+        "driver_code",
+        valid_type=orm.AbstractCode,
+        required=False,
+        help="An aiida-mlpes-run code on the computer of `code`: each job runs its program calls from one "
+        "process (much less engine time for cheap methods such as xTB). See mlpes.xtb's driver_code.",
+    )
+    spec.input(
         "code",
         valid_type=orm.AbstractCode,
         help="The program (xtb, orca, g16) or aiida-mlpes-run code; its default_calc_job_plugin "
@@ -231,6 +238,8 @@ class ReferenceBaseWorkChain(BaseRestartWorkChain):
                 "metadata": {"options": self.inputs.options.get_dict()},
             }
         )
+        if "driver_code" in self.inputs:
+            self.ctx.inputs["driver_code"] = self.inputs.driver_code
 
     # --- process handlers -------------------------------------------------------------------------------------
     @process_handler(priority=900)
@@ -522,6 +531,8 @@ class ReferenceWorkChain(WorkChain):
                 "max_iterations": self.inputs.max_iterations,
                 "metadata": {"call_link_label": f"batch_{k:04d}"},
             }
+            if "driver_code" in self.inputs:
+                inputs["driver_code"] = self.inputs.driver_code
             futures[f"batch_{k:04d}"] = self.submit(ReferenceBaseWorkChain, **inputs)
         self.report(
             f"submitted {len(futures)} batches of up to {max(len(b) for b in self.ctx.batches)} structures"

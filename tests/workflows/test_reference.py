@@ -93,10 +93,12 @@ def test_real_xtb_nh3_end_to_end(xtb_code):
 
 
 @pytest.mark.slow
-def test_failures_are_healed_and_nothing_is_lost(xtb_code, aiida_code_installed, tmp_path):
+@pytest.mark.parametrize("driver", [False, True], ids=["codeinfo-per-structure", "driver-mode"])
+def test_failures_are_healed_and_nothing_is_lost(xtb_code, aiida_code_installed, tmp_path, driver):
     """Stand-in xtb: structure 1 needs >= 1000 SCC iterations, structure 2 kills its job script the first
     time (walltime mid-batch: structure 3 never starts), structure 6 always fails. Everything except 6
-    is labelled exactly as xtb does it directly; 6 is excluded after 1 + 2 retries with its reason."""
+    is labelled exactly as xtb does it directly; 6 is excluded after 1 + 2 retries with its reason.
+    In driver mode the kill hits the aiida-mlpes-run process that runs the calls: same outcome."""
     config = {
         "xtb": str(Path(XTB).resolve()),
         "state_dir": str(tmp_path),
@@ -108,12 +110,19 @@ def test_failures_are_healed_and_nothing_is_lost(xtb_code, aiida_code_installed,
     stand_in = install_stand_in("xtb_flaky.py", tmp_path)
     code = aiida_code_installed(filepath_executable=str(stand_in), default_calc_job_plugin="mlpes.xtb")
     arrays = nh3_arrays(8, seed=1)
+    extra = {}
+    if driver:
+        runner = str(Path(shutil.which("aiida-mlpes-run")).resolve())
+        extra["driver_code"] = aiida_code_installed(
+            filepath_executable=runner, default_calc_job_plugin="mlpes.sample"
+        )
     results, node = run_get_node(
         ReferenceWorkChain,
         code=code,
         structures=PESDataset.from_arrays(arrays),
         batch_size=4,
         options={"environment_variables": {**ENV, "MLPES_STANDIN_CONFIG": str(tmp_path / "config.json")}},
+        **extra,
     )
     assert node.is_finished_ok, node.exit_message
     excluded = results["excluded"].get_dict()

@@ -1,0 +1,96 @@
+"""Driver mode of the reference CalcJobs: one aiida-mlpes-run process runs every program call of a job."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.common.folders import SandboxFolder
+from aiida.engine import run_get_node
+
+from aiida_mlpes.calculations.xtb import XtbCalculation
+from aiida_mlpes.core.commands import run_commands_task
+from aiida_mlpes.core.runner import TaskError
+from aiida_mlpes.data.dataset import PESDataset
+from tests.calculations.test_reference_xtb import OPTIONS, XTB, nh3_arrays
+
+
+@pytest.fixture
+def codes(aiida_code_installed):
+    runner = str(Path(shutil.which("aiida-mlpes-run")).resolve())
+    return {
+        "xtb": aiida_code_installed(
+            filepath_executable=str(Path(XTB).resolve()), default_calc_job_plugin="mlpes.xtb"
+        ),
+        "driver": aiida_code_installed(filepath_executable=runner, default_calc_job_plugin="mlpes.sample"),
+    }
+
+
+def test_one_codeinfo_runs_the_calls_from_an_argument_list(codes):
+    builder = XtbCalculation.get_builder()
+    builder.code = codes["xtb"]
+    builder.driver_code = codes["driver"]
+    builder.structures = PESDataset.from_arrays(nh3_arrays(3)).store()
+    process = XtbCalculation(inputs=dict(builder._inputs(prune=True)))
+    with SandboxFolder() as folder:
+        calcinfo = process.prepare_for_submission(folder)
+        settings = json.loads(Path(folder.get_abs_path("commands.json")).read_text())
+    assert len(calcinfo.codes_info) == 1
+    assert calcinfo.codes_info[0].code_uuid == codes["driver"].uuid
+    assert calcinfo.codes_info[0].cmdline_params == ["run_commands", "commands.json"]
+    commands = settings["commands"]
+    assert [c["stdout"] for c in commands] == ["s00000.out", "s00001.out", "s00002.out"]
+    assert all(c["args"][0] == str(Path(XTB).resolve()) for c in commands)
+    assert commands[0]["args"][1] == "s00000.xyz" and "--grad" in commands[0]["args"]
+    assert settings["environment"]["OMP_NUM_THREADS"] == "1"
+
+
+def test_driver_mode_gives_the_same_labels(codes):
+    dataset = PESDataset.from_arrays(nh3_arrays(5, seed=3)).store()
+    plain, node_plain = run_get_node(
+        XtbCalculation, code=codes["xtb"], structures=dataset, metadata={"options": OPTIONS}
+    )
+    driven, node_driven = run_get_node(
+        XtbCalculation,
+        code=codes["xtb"],
+        driver_code=codes["driver"],
+        structures=dataset,
+        metadata={"options": OPTIONS},
+    )
+    assert node_plain.is_finished_ok and node_driven.is_finished_ok, node_driven.exit_message
+    a, b = plain["dataset"].get_arrays(), driven["dataset"].get_arrays()
+    np.testing.assert_array_equal(a.energy, b.energy)
+    np.testing.assert_array_equal(a.forces, b.forces)
+    assert set(b.source) == {node_driven.uuid}
+
+
+def test_driver_on_another_computer_is_refused(codes, aiida_computer):
+    other = aiida_computer(label="elsewhere")
+    driver = orm.InstalledCode(computer=other, filepath_executable="/bin/true", label="runner").store()
+    with pytest.raises(ValueError, match="same computer"):
+        run_get_node(
+            XtbCalculation,
+            code=codes["xtb"],
+            driver_code=driver,
+            structures=PESDataset.from_arrays(nh3_arrays(1)),
+        )
+
+
+def test_run_commands_task_records_each_status(tmp_path):
+    settings = {
+        "commands": [
+            {"args": ["/bin/sh", "-c", "echo one"], "stdout": "a.out", "stderr": "a.err"},
+            {"args": ["/bin/false"], "stdout": "b.out", "stderr": "b.err"},
+        ],
+        "environment": {"X": 1},
+    }
+    result = run_commands_task(settings, tmp_path)
+    assert result["statuses"] == [0, 1] and result["n_nonzero"] == 1
+    assert (tmp_path / "a.out").read_text() == "one\n"
+    assert (tmp_path / "commands.progress").read_text().splitlines() == ["a.out 0", "b.out 1"]
+    with pytest.raises(TaskError, match="cannot run /nonexistent"):
+        run_commands_task({"commands": [{"args": ["/nonexistent"], "stdout": "c", "stderr": "d"}]}, tmp_path)
