@@ -43,6 +43,7 @@ builder.sample.settings = orm.Dict(
 builder.sample.metadata = {"options": options}
 
 builder.reference.code = xtb
+builder.reference.driver_code = runner  # one process runs all xtb calls of a job: far less engine time
 builder.reference.parameters = orm.Dict({"method": "GFN2-xTB"})
 builder.reference.batch_size = orm.Int(100)
 builder.reference.options = orm.Dict(options)
