@@ -90,6 +90,14 @@ class ConstructPESWorkChain(WorkChain):
             help="Holes labelled per iteration at most (evenly chosen among all holes found).",
         )
         spec.input(
+            "hole_min_distance",
+            valid_type=orm.Float,
+            default=lambda: orm.Float(0.3),
+            serializer=orm.to_aiida_type,
+            help="Holes are labelled down to this interatomic distance (Angstrom): collapsed walkers teach the "
+            "model its short-range repulsion. Holes with closer atoms are reported and skipped.",
+        )
+        spec.input(
             "fine_tune",
             valid_type=orm.Bool,
             default=lambda: orm.Bool(True),
@@ -151,6 +159,12 @@ class ConstructPESWorkChain(WorkChain):
         spec.exit_code(403, "ERROR_TRAINING_FAILED", message="Training failed: {message}")
         spec.exit_code(404, "ERROR_CHARACTERIZATION_FAILED", message="Characterization failed: {message}")
         spec.exit_code(
+            411,
+            "ERROR_HOLES_NOT_LABELLABLE",
+            message="DMC found {holes} holes, all with atoms closer than hole_min_distance: they cannot be "
+            "labelled; the outputs hold the last model.",
+        )
+        spec.exit_code(
             410,
             "WARNING_NOT_CONVERGED",
             message="DMC still found {holes} holes after {iterations} iterations; the outputs hold the last model.",
@@ -193,6 +207,7 @@ class ConstructPESWorkChain(WorkChain):
         self.ctx.n_holes = None
         self.ctx.label_indices = None
         self.ctx.history_nodes = {}
+        self.ctx.stuck = False
 
     def should_sample(self) -> bool:
         return bool(self.inputs.get("sample"))
@@ -221,8 +236,9 @@ class ConstructPESWorkChain(WorkChain):
             charge=self.inputs.charge,
             multiplicity=self.inputs.multiplicity,
         )
-        if self.ctx.label_indices is not None:
+        if self.ctx.label_indices is not None:  # labelling holes
             inputs["indices"] = orm.List(self.ctx.label_indices)
+            inputs["min_distance"] = self.inputs.hole_min_distance
         inputs.setdefault("metadata", {})["call_link_label"] = f"label_{self.ctx.iteration}"
         count = (
             self.ctx.holes.n_conformations if self.ctx.label_indices is None else len(self.ctx.label_indices)
@@ -255,7 +271,7 @@ class ConstructPESWorkChain(WorkChain):
         return None
 
     def should_iterate(self) -> bool:
-        if self.ctx.n_holes == 0:
+        if self.ctx.n_holes == 0 or self.ctx.stuck:
             return False
         return self.ctx.iteration < self.inputs.max_iterations.value
 
@@ -312,17 +328,21 @@ class ConstructPESWorkChain(WorkChain):
         if n_holes:
             self.ctx.label_indices = self._hole_indices(holes)
             if not self.ctx.label_indices:
-                self.report("every hole is a collapsed geometry the reference method cannot take; stopping")
-                self.ctx.n_holes = 0
+                self.report(
+                    "every hole has atoms closer than hole_min_distance: none can be labelled; stopping"
+                )
+                self.ctx.stuck = True
         return None
 
     def _hole_indices(self, holes: PESDataset) -> list[int]:
         """Holes the reference method can label (no overlapping atoms), evenly thinned to the cap."""
         arrays = holes.get_arrays()
-        reference = self.exposed_inputs(ReferenceWorkChain, namespace="reference")
-        min_distance = reference["min_distance"].value if "min_distance" in reference else 0.5
         problems = structure_problems(
-            arrays, self.inputs.charge.value, self.inputs.multiplicity.value, min_distance, 118
+            arrays,
+            self.inputs.charge.value,
+            self.inputs.multiplicity.value,
+            self.inputs.hole_min_distance.value,
+            118,
         )
         usable = [i for i in range(len(arrays)) if i not in problems]
         if problems:
@@ -333,7 +353,9 @@ class ConstructPESWorkChain(WorkChain):
         return sorted(set(usable))
 
     def has_holes(self) -> bool:
-        return bool(self.ctx.n_holes)
+        """Holes to label for a next iteration (none are labelled after the last one)."""
+        more = self.ctx.iteration < self.inputs.max_iterations.value
+        return bool(self.ctx.n_holes) and not self.ctx.stuck and more
 
     def results(self):
         self.out("model", self.ctx.model)
@@ -342,6 +364,8 @@ class ConstructPESWorkChain(WorkChain):
             "history", collect_history(**self.ctx.history_nodes, metadata={"call_link_label": "history"})
         )
         self.out("characterization", self.ctx.characterization_results)
+        if self.ctx.stuck:
+            return self.exit_codes.ERROR_HOLES_NOT_LABELLABLE.format(holes=self.ctx.n_holes)
         if self.ctx.n_holes:
             return self.exit_codes.WARNING_NOT_CONVERGED.format(
                 holes=self.ctx.n_holes, iterations=self.ctx.iteration

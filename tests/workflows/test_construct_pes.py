@@ -95,11 +95,11 @@ def test_loop_on_nh3_with_xtb(codes, tmp_path):
         codes, n_samples=30, dmc={"nwalkers": 300, "nsteps": 200, "eqsteps": 50, "seed": 1}
     )
     results, node = run_get_node(builder)
-    assert node.exit_status in (0, 410), node.exit_message
+    assert node.exit_status in (0, 410, 411), node.exit_message
     history = results["history"]["iterations"]
     assert [h["iteration"] for h in history] == list(range(1, len(history) + 1))
     assert history[0]["n_conformations"] == 30
-    if history[0]["n_holes"]:
+    if history[0]["n_holes"] and node.exit_status != 411:
         assert len(history) == 2 and history[1]["n_conformations"] > 30
     dataset = results["dataset"]
     sources = set(dataset.get_arrays().source)
