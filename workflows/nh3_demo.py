@@ -28,7 +28,7 @@ options = {"resources": {"num_machines": 1, "num_mpiprocs_per_machine": 1}, "max
 
 builder = ConstructPESWorkChain.get_builder()
 builder.structure = orm.StructureData(ase=molecule("NH3"))
-builder.max_iterations = 2 if FAST else 4
+builder.max_iterations = 2 if FAST else 3
 builder.max_new_structures = 50
 
 builder.sample.code = runner
@@ -56,7 +56,7 @@ builder.train.settings = orm.Dict(
             "max_epochs": 2000,
             "batch_size": 16,
             "learning_rate": 2e-3,
-            "wall_time_limit": 40.0 if FAST else 180.0,
+            "wall_time_limit": 40.0 if FAST else 120.0,
             "progress_bar": False,
         },
         "split": {"fractions": [0.8, 0.1, 0.1], "seed": 0},
