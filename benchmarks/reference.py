@@ -136,17 +136,10 @@ def main() -> None:
         sys.exit("xtb executable not found")
     xtb = str(Path(xtb).resolve())
     os.environ["OMP_NUM_THREADS"] = "1"
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     arrays = nh3_structures(args.n)
 
     with tempfile.TemporaryDirectory() as tmp:
         computer = setup_profile(Path(tmp), args.poll_interval)
-        try:  # entry points not yet in the installed metadata: make them visible (see tests/data/stand_ins)
-            from tests.data.stand_ins import ensure_entry_points
-
-            ensure_entry_points()
-        except ImportError:
-            pass
         engine(nh3_structures(2, seed=99), xtb, computer, 2, args.driver)  # warm-up: imports, first DB writes
         t_loop, e_loop = plain_loop(arrays, xtb)
         t_engine, labelled, node = engine(arrays, xtb, computer, args.batch_size, args.driver)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ pytest_plugins = ["aiida.tools.pytest_fixtures"]
 #: The read-only shared data folder (real program outputs), beside the checkout.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 REALDATA = SHARED / "realdata"
+#: The xtb executable (installed by scripts/setup.sh).
+XTB = shutil.which("xtb")
 
 
 @pytest.fixture
@@ -23,6 +26,13 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.fail(f"shared real data not found at {REALDATA}")
     return REALDATA
+
+
+@pytest.fixture(scope="session")
+def require_xtb() -> str:
+    """Path of the xtb executable; a hard requirement, so the tests that need it fail loudly without it."""
+    assert XTB, "xtb not installed: run scripts/setup.sh"
+    return XTB
 
 
 def make_arrays(n: int = 5, seed: int = 0, labelled: bool = True, with_optional: bool = True) -> RaggedArrays:

@@ -5,68 +5,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import stat
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tblite  # noqa: F401
 from aiida import orm
 from aiida.common.folders import SandboxFolder
 from aiida.engine import run_get_node
 from ase.build import molecule
 
 from aiida_mlpes.calculations.characterize import CharacterizeCalculation
-from aiida_mlpes.core import runner
-
-pytest.importorskip("tblite")
-
-ENTRY_POINTS = {
-    ("aiida.data", "mlpes.model"): "aiida_mlpes.data.model:PESModel",
-    ("aiida.data", "mlpes.dataset"): "aiida_mlpes.data.dataset:PESDataset",
-    (
-        "aiida.calculations",
-        "mlpes.characterize",
-    ): "aiida_mlpes.calculations.characterize:CharacterizeCalculation",
-    ("aiida.parsers", "mlpes.characterize"): "aiida_mlpes.parsers.characterize:CharacterizeParser",
-}
-TASK = "aiida_mlpes.core.characterize.task:run_characterize_task"
-
-
-@pytest.fixture(autouse=True)
-def characterize_entry_points(monkeypatch):
-    """Entry points used here, added for the test while the installation does not declare them yet."""
-    import aiida.plugins.entry_point as ep
-    from importlib_metadata import EntryPoint, EntryPoints
-
-    original = ep.eps()
-    present = {(e.group, e.name) for e in original}
-    extra = [
-        EntryPoint(name=n, value=v, group=g) for (g, n), v in ENTRY_POINTS.items() if (g, n) not in present
-    ]
-    if extra:
-        monkeypatch.setattr(ep, "eps", lambda: EntryPoints([*original, *extra]))
-        ep.eps_select.cache_clear()
-    yield
-    ep.eps_select.cache_clear()
 
 
 @pytest.fixture
-def runner_code(aiida_code_installed, tmp_path_factory):
-    """``aiida-mlpes-run``; while its TASKS table lacks "characterize", a wrapper that adds it."""
-    if "characterize" in runner.TASKS:
-        beside = Path(sys.executable).parent / "aiida-mlpes-run"  # the venv's, also when it is not on PATH
-        executable = str(beside) if beside.exists() else shutil.which("aiida-mlpes-run")
-        assert executable, "aiida-mlpes-run is not installed: pip install -e ."
-    else:
-        wrapper = tmp_path_factory.mktemp("bin") / "aiida-mlpes-run-characterize"
-        wrapper.write_text(
-            f"#!{sys.executable}\nfrom aiida_mlpes.core import runner\n"
-            f"runner.TASKS['characterize'] = {TASK!r}\n"
-            "raise SystemExit(runner.main())\n"
-        )
-        wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-        executable = str(wrapper)
+def runner_code(aiida_code_installed):
+    executable = shutil.which("aiida-mlpes-run")
+    assert executable, "aiida-mlpes-run is not on PATH: install the package (pip install -e .)"
     return aiida_code_installed(
         filepath_executable=str(Path(executable).resolve()),
         default_calc_job_plugin="mlpes.characterize",

@@ -18,14 +18,8 @@ from aiida_mlpes.core.ragged import RaggedArrays
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.core.reference.ase_driver import label_arrays
 from aiida_mlpes.data.dataset import PESDataset
-from tests.data.stand_ins import ensure_entry_points
 
 TBLITE = {"calculator": "tblite", "method": "GFN2-xTB", "verbosity": 0}
-
-
-@pytest.fixture(autouse=True)
-def _entry_points():
-    ensure_entry_points()
 
 
 @pytest.fixture

@@ -14,14 +14,9 @@ from aiida_mlpes.core.reference import common
 from aiida_mlpes.core.reference.gaussian import parse_gaussian_output
 from aiida_mlpes.core.units import BOHR, HARTREE
 from aiida_mlpes.data.dataset import PESDataset
-from tests.data.stand_ins import ensure_entry_points, install_stand_in
+from tests.data.stand_ins import install_stand_in
 
 FORCE = HARTREE / BOHR
-
-
-@pytest.fixture(autouse=True)
-def _entry_points():
-    ensure_entry_points()
 
 
 @pytest.fixture

@@ -14,16 +14,11 @@ from aiida_mlpes.core.reference import common
 from aiida_mlpes.core.reference.orca import parse_orca_output
 from aiida_mlpes.core.units import BOHR, HARTREE
 from aiida_mlpes.data.dataset import PESDataset
-from tests.data.stand_ins import ensure_entry_points, install_stand_in
+from tests.data.stand_ins import install_stand_in
 
 GRAD = HARTREE / BOHR
 H2 = ([1, 1], [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # geometry of autode's h2_grad_orca.inp
 H2O2 = ([1, 8, 8, 1], [[0.0, -1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 1.0]])  # test_orca.log
-
-
-@pytest.fixture(autouse=True)
-def _entry_points():
-    ensure_entry_points()
 
 
 def arrays_of(*molecules) -> RaggedArrays:

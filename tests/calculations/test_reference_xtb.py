@@ -18,16 +18,10 @@ from aiida_mlpes.core.ragged import RaggedArrays
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.core.reference.xtb import run_xtb
 from aiida_mlpes.data.dataset import PESDataset
-from tests.data.stand_ins import ensure_entry_points
 
 XTB = shutil.which("xtb")
-needs_xtb = pytest.mark.skipif(XTB is None, reason="xtb executable not installed")
+needs_xtb = pytest.mark.usefixtures("require_xtb")  # fails loudly if xtb is missing
 OPTIONS = {"environment_variables": {"OMP_NUM_THREADS": "1"}, "withmpi": False}
-
-
-@pytest.fixture(autouse=True)
-def _entry_points():
-    ensure_entry_points()
 
 
 def nh3_arrays(n: int = 4, seed: int = 0, scale: float = 0.05) -> RaggedArrays:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import stat
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,48 +16,12 @@ from ase.build import molecule
 from ase.io import read
 
 from aiida_mlpes.calculations.sample import SampleCalculation
-from aiida_mlpes.core import runner
-
-ENTRY_POINTS = {
-    ("aiida.calculations", "mlpes.sample"): "aiida_mlpes.calculations.sample:SampleCalculation",
-    ("aiida.parsers", "mlpes.sample"): "aiida_mlpes.parsers.sample:SampleParser",
-    ("aiida.data", "mlpes.model"): "aiida_mlpes.data.model:PESModel",
-}
-
-
-@pytest.fixture(autouse=True)
-def sample_entry_points(monkeypatch):
-    """The entry points this test needs, added for the test when the installation does not declare them yet."""
-    import aiida.plugins.entry_point as ep
-    from importlib_metadata import EntryPoint, EntryPoints
-
-    original = ep.eps()
-    present = {(e.group, e.name) for e in original}
-    extra = [
-        EntryPoint(name=n, value=v, group=g) for (g, n), v in ENTRY_POINTS.items() if (g, n) not in present
-    ]
-    if extra:
-        monkeypatch.setattr(ep, "eps", lambda: EntryPoints([*original, *extra]))
-        ep.eps_select.cache_clear()
-    yield
-    ep.eps_select.cache_clear()
 
 
 @pytest.fixture
-def runner_code(aiida_code_installed, tmp_path_factory):
-    """``aiida-mlpes-run``; while its TASKS table lacks "sample", a two-line wrapper that adds it."""
-    if "sample" in runner.TASKS:
-        executable = shutil.which("aiida-mlpes-run")
-        assert executable, "aiida-mlpes-run is not on PATH: install the package (pip install -e .)"
-    else:
-        wrapper = tmp_path_factory.mktemp("bin") / "aiida-mlpes-run-sample"
-        wrapper.write_text(
-            f"#!{sys.executable}\nfrom aiida_mlpes.core import runner\n"
-            "runner.TASKS['sample'] = 'aiida_mlpes.core.sampling.task:run_sample_task'\n"
-            "raise SystemExit(runner.main())\n"
-        )
-        wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-        executable = str(wrapper)
+def runner_code(aiida_code_installed):
+    executable = shutil.which("aiida-mlpes-run")
+    assert executable, "aiida-mlpes-run is not on PATH: install the package (pip install -e .)"
     return aiida_code_installed(
         filepath_executable=str(Path(executable).resolve()),
         default_calc_job_plugin="mlpes.sample",
@@ -174,7 +136,8 @@ def test_driver_failure_outputs_the_samples_collected_so_far(runner_code):
 @pytest.fixture
 def perturbed_model():
     """A tiny PhysNet for N and H with random (non-flat) weights, stored as a PESModel."""
-    torch = pytest.importorskip("torch")
+    import torch
+
     from aiida_mlpes.core.models import ModelConfig, build_model
     from aiida_mlpes.data.model import PESModel
 

@@ -20,33 +20,12 @@ from aiida.orm import QueryBuilder
 from aiida_mlpes.calculations.test import ModelTestCalculation
 from aiida_mlpes.calculations.train import TrainCalculation
 from aiida_mlpes.core.models import ModelConfig, build_model
-from aiida_mlpes.core.runner import TASKS
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.data.model import PESModel
 from tests.core.test_training import morse_molecules
 
 TINY = {"n_features": 16, "n_rbf": 8, "n_blocks": 1, "cutoff": 4.0}
 FAST = {"batch_size": 8, "progress_bar": False, "device": "cpu", "threads": 1}
-
-
-def registered(group: str, name: str) -> bool:
-    from aiida.plugins.entry_point import get_entry_point
-
-    try:
-        get_entry_point(group, name)
-    except Exception:
-        return False
-    return True
-
-
-needs_entry_points = pytest.mark.skipif(
-    not all(
-        registered(group, name)
-        for group in ("aiida.data", "aiida.calculations", "aiida.parsers")
-        for name in (("mlpes.model",) if group == "aiida.data" else ("mlpes.train", "mlpes.test"))
-    ),
-    reason="mlpes.model / mlpes.train / mlpes.test entry points are not registered (pyproject, then pip install -e)",
-)
 
 
 @pytest.fixture
@@ -69,7 +48,6 @@ def runner_code(aiida_code_installed):
     return aiida_code_installed(filepath_executable=executable, default_calc_job_plugin="mlpes.train")
 
 
-@needs_entry_points
 def test_pes_model_node_attributes_load_and_query(tiny_model, tmp_path):
     loaded = orm.load_node(tiny_model.pk)
     assert isinstance(loaded, PESModel)
@@ -111,7 +89,6 @@ def _process(cls, **inputs):
     return cls(inputs=dict(builder._inputs(prune=True)))
 
 
-@needs_entry_points
 def test_train_prepare_for_submission(runner_code, dataset, tiny_model):
     settings = orm.Dict({"model": TINY, "training": {"max_epochs": 3}, "split": {"seed": 2}})
     process = _process(
@@ -134,7 +111,6 @@ def test_train_prepare_for_submission(runner_code, dataset, tiny_model):
     assert calcinfo.retrieve_temporary_list == ["model.pt"]
 
 
-@needs_entry_points
 def test_train_inputs_are_validated(runner_code, dataset):
     no_forces = morse_molecules([[7, 1, 1, 1]], 4)
     no_forces.forces = None
@@ -157,8 +133,6 @@ def test_train_inputs_are_validated(runner_code, dataset):
 
 
 @pytest.mark.slow
-@needs_entry_points
-@pytest.mark.skipif("train" not in TASKS, reason="runner task 'train' not registered in core/runner.py TASKS")
 def test_train_then_restart_then_test_end_to_end(runner_code, dataset):
     settings = {"model": TINY, "training": {**FAST, "max_epochs": 3}}
     results, node = run_get_node(
@@ -204,14 +178,12 @@ def test_train_then_restart_then_test_end_to_end(runner_code, dataset):
         assert data["energy_pred"].shape == (2,)
 
 
-@needs_entry_points
 def test_test_calculation_rejects_unknown_elements(runner_code, tiny_model):
     water = PESDataset.from_arrays(morse_molecules([[8, 1, 1]], 3), level_of_theory="morse").store()
     with pytest.raises(ValueError, match="not trained on"):
         _process(ModelTestCalculation, code=runner_code, model=tiny_model, dataset=water)
 
 
-@needs_entry_points
 def test_train_parser_reports_incomplete_training(dataset, tmp_path, aiida_localhost):
     """A run stopped by its wall-time limit keeps its outputs and exits with 400 (restartable)."""
     from aiida.plugins import ParserFactory

@@ -6,13 +6,12 @@ import json
 
 import numpy as np
 import pytest
+import tblite  # noqa: F401
 from ase.build import molecule
 from ase.io import read, write
 
 from aiida_mlpes.core import runner
 from aiida_mlpes.core.characterize.task import check_settings, run_characterize_task
-
-pytest.importorskip("tblite")
 
 
 @pytest.fixture
@@ -25,15 +24,7 @@ def workdir(tmp_path):
     return tmp_path
 
 
-@pytest.fixture
-def task_runner(monkeypatch):
-    monkeypatch.setitem(
-        runner.TASKS, "characterize", "aiida_mlpes.core.characterize.task:run_characterize_task"
-    )
-    return runner
-
-
-def test_nh3_on_gfn2_all_tasks(workdir, task_runner):
+def test_nh3_on_gfn2_all_tasks(workdir):
     settings = {
         "driver": {"name": "tblite", "parameters": {"method": "GFN2-xTB", "accuracy": 0.01}},
         "structure": "structure.xyz",
@@ -49,7 +40,7 @@ def test_nh3_on_gfn2_all_tasks(workdir, task_runner):
         },
     }
     (workdir / "input.json").write_text(json.dumps(settings))
-    result = task_runner.run_task("characterize", workdir / "input.json")
+    result = runner.run_task("characterize", workdir / "input.json")
     assert result["status"] == "ok", result.get("message")
     assert json.loads((workdir / "result.json").read_text())["status"] == "ok"
     freqs = result["frequencies"]
@@ -81,10 +72,11 @@ def test_nh3_on_gfn2_all_tasks(workdir, task_runner):
 def test_holes_dataset_from_a_small_physnet(workdir):
     """A random (untrained) PhysNet through the 'mlpes' driver: DMC with a collapse bound just below the N-H
     bond length makes holes, which come out as an unlabelled dataset."""
+    import torch
+
     from aiida_mlpes.core.dataset import read_arrays
     from aiida_mlpes.core.models import ModelConfig, build_model, save_model
 
-    torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     model = build_model(
         ModelConfig(architecture="physnet", elements=[1, 7], n_features=16, n_rbf=8, n_blocks=1)
@@ -135,16 +127,16 @@ def test_bad_settings(change, match):
         check_settings(settings)
 
 
-def test_errors_are_reported_through_the_runner(workdir, task_runner):
+def test_errors_are_reported_through_the_runner(workdir):
     settings = {
         "driver": {"name": "tblite", "parameters": {"method": "GFN2-xTB"}},
         "structure": "ts_structure.xyz",
         "tasks": {"dmc": {"nwalkers": 0}},
     }
     (workdir / "input.json").write_text(json.dumps(settings))
-    result = task_runner.run_task("characterize", workdir / "input.json")
+    result = runner.run_task("characterize", workdir / "input.json")
     assert result["status"] == "error" and "nwalkers must be a positive integer" in result["message"]
     settings["tasks"] = {"dmc": {"nwalkers": 10}}
     (workdir / "input.json").write_text(json.dumps(settings))
-    result = task_runner.run_task("characterize", workdir / "input.json")
+    result = runner.run_task("characterize", workdir / "input.json")
     assert result["status"] == "error" and "not a minimum" in result["message"]

@@ -8,6 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import tblite.ase as tblite_ase
 from ase.io import read
 
 from aiida_mlpes.core.characterize.dmc import run_dmc
@@ -17,9 +18,8 @@ from aiida_mlpes.core.characterize.optimize import optimize_minimum, optimize_ts
 from aiida_mlpes.core.potential import ASEPotential
 from aiida_mlpes.core.units import BOHR, HARTREE
 
-tblite_ase = pytest.importorskip("tblite.ase")
 XTB = shutil.which("xtb")
-pytestmark = pytest.mark.skipif(XTB is None, reason="the xtb executable is not installed")
+pytestmark = pytest.mark.usefixtures("require_xtb")  # fails loudly if xtb is missing
 
 NUMBERS = [7, 1, 1, 1]
 GUESS = """4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tad_dftd3
 import torch
 
 from aiida_mlpes.core.models import ModelConfig, build_model, collate
@@ -202,7 +203,6 @@ def test_fast_path_equals_autograd(arch, charges):
 
 
 def test_d3_dispersion_optional():
-    tad_dftd3 = pytest.importorskip("tad_dftd3")
     plain = small_model("physnet", seed=11)
     disp = small_model("physnet", seed=11, dispersion=True)
     disp.load_state_dict(plain.state_dict())
@@ -238,6 +238,5 @@ def test_d3_dispersion_optional():
 
 
 def test_dispersion_unknown_functional():
-    pytest.importorskip("tad_dftd3")
     with pytest.raises(ValueError, match="dispersion_functional"):
         small_model("physnet", dispersion=True, dispersion_functional="no-such-functional")

@@ -148,11 +148,7 @@ def test_runner_task_writes_dataset_and_progress(nh3_batch, tmp_path):
         "level_of_theory": "GFN2-xTB (tblite)",
     }
     (tmp_path / "input.json").write_text(json.dumps(settings))
-    result = (
-        run_task("reference_ase", tmp_path / "input.json")
-        if "reference_ase" in _tasks()
-        else {"status": "ok", **run_ase_label_task(settings, tmp_path)}
-    )
+    result = run_task("reference_ase", tmp_path / "input.json")
     assert result["status"] == "ok", result
     assert result["completed"] == [3, 1] and result["failures"] == {}
     labelled = read_arrays(tmp_path / "labelled.h5")
@@ -179,12 +175,6 @@ def test_runner_task_rejects_bad_input(nh3_batch, tmp_path):
         )
     with pytest.raises(TaskError, match="unknown calculator"):
         run_ase_label_task({"dataset": "structures.h5", "calculator": {"calculator": "nope"}}, tmp_path)
-
-
-def _tasks():
-    from aiida_mlpes.core.runner import TASKS
-
-    return TASKS
 
 
 def test_units_bohr_hartree_sanity():

@@ -28,7 +28,7 @@ from tests.conftest import REALDATA
 
 XTB = shutil.which("xtb")
 needs_realdata = pytest.mark.usefixtures("realdata")  # fails loudly if shared/realdata is missing
-needs_xtb = pytest.mark.skipif(XTB is None, reason="xtb executable not installed")
+needs_xtb = pytest.mark.usefixtures("require_xtb")  # fails loudly if xtb is missing
 GRAD = HARTREE / BOHR
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from ase.build import molecule
 
 from aiida_mlpes.core.sampling import (
@@ -13,8 +14,6 @@ from aiida_mlpes.core.sampling import (
     normal_mode_sampling,
     normal_mode_scan,
 )
-
-torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,8 @@ def test_samplers_run_on_the_ml_driver(model_path):
 
 def test_pyscf_driver_by_name():
     """H2 at HF/STO-3G: the harmonic frequency is 5481 cm^-1 (textbook value ~5480)."""
-    pytest.importorskip("pyscf")
+    import pyscf  # noqa: F401
+
     driver = make_driver("pyscf", method="HF", basis="sto-3g")
     result = normal_mode_sampling(
         molecule("H2"), driver, n_samples=3, temperature=1000, seed=0, optimize=True

@@ -15,12 +15,6 @@ from aiida_mlpes.core.reference.gaussian import parse_gaussian_output
 from aiida_mlpes.core.reference.xtb import parse_gradient_file
 from aiida_mlpes.core.units import BOHR, HARTREE
 from aiida_mlpes.data.dataset import PESDataset
-from tests.data.stand_ins import ensure_entry_points
-
-
-@pytest.fixture(autouse=True)
-def _entry_points():
-    ensure_entry_points()
 
 
 @pytest.fixture

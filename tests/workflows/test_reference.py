@@ -19,16 +19,11 @@ from aiida_mlpes.core.reference import common
 from aiida_mlpes.core.reference.xtb import run_xtb
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.workflows.reference import ReferenceBaseWorkChain, ReferenceWorkChain
-from tests.data.stand_ins import ensure_entry_points, install_stand_in
+from tests.data.stand_ins import install_stand_in
 
 XTB = shutil.which("xtb")
-pytestmark = pytest.mark.skipif(XTB is None, reason="xtb executable not installed")
+pytestmark = pytest.mark.usefixtures("require_xtb")  # fails loudly if xtb is missing
 ENV = {"OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(autouse=True)
-def _entry_points():
-    ensure_entry_points()
 
 
 def nh3_arrays(n: int, seed: int = 0) -> RaggedArrays:

@@ -16,12 +16,6 @@ from aiida_mlpes.core.ragged import RaggedArrays
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.workflows.reference import ReferenceBaseWorkChain, collect_exclusions
-from tests.data.stand_ins import ensure_entry_points
-
-
-@pytest.fixture(autouse=True)
-def _entry_points():
-    ensure_entry_points()
 
 
 @pytest.fixture

@@ -14,14 +14,8 @@ from aiida_mlpes.core.ragged import RaggedArrays
 from aiida_mlpes.core.reference.xtb import parse_vibspectrum
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.workflows.reference import ReferenceWorkChain, run_xtb_frequencies
-from tests.data.stand_ins import ensure_entry_points
 
 XTB = shutil.which("xtb")
-
-
-@pytest.fixture(autouse=True)
-def _entry_points():
-    ensure_entry_points()
 
 
 @pytest.fixture
@@ -105,7 +99,7 @@ def test_parse_vibspectrum():
     np.testing.assert_allclose(parse_vibspectrum(VIBSPECTRUM), [0.0, 0.0, 1355.57, -120.10])
 
 
-@pytest.mark.skipif(XTB is None, reason="xtb executable not installed")
+@pytest.mark.usefixtures("require_xtb")
 def test_xtb_hess_through_aiida_shell(aiida_localhost):
     """xtb --hess on NH3 as a ShellJob: 6 zero modes, umbrella, bends and N-H stretches where GFN2 puts them."""
     code = orm.InstalledCode(
