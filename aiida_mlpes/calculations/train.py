@@ -118,7 +118,8 @@ class TrainCalculation(MlpesRunCalculation):
         settings = self.inputs.settings.get_dict()
         training = dict(settings.get("training") or {})
         walltime = self.inputs.metadata.options.get("max_wallclock_seconds")
-        if walltime and "wall_time_limit" not in training:
+        from_scheduler = bool(walltime) and "wall_time_limit" not in training
+        if from_scheduler:
             training["wall_time_limit"] = max(0.9 * walltime - self.WALLTIME_MARGIN, 0.5 * walltime)
         self.copy_node_file(self.inputs.dataset, self.DATASET_FILE)
         task = {
@@ -128,6 +129,9 @@ class TrainCalculation(MlpesRunCalculation):
             "split": settings.get("split"),
             "parent_model": None,
             "restart_checkpoint": self.CHECKPOINT_FILE if "restart_folder" in self.inputs else None,
+            # a stop at the scheduler-derived limit is unfinished work (exit 400, resubmit to continue);
+            # a wall_time_limit the user set is a budget: reaching it is a normal end
+            "wall_time_is_budget": not from_scheduler,
         }
         if "parent_model" in self.inputs:
             self.copy_node_file(self.inputs.parent_model, self.PARENT_FILE)

@@ -10,7 +10,8 @@
 
 writes ``model.pt`` (best EMA weights), ``checkpoint.pt`` (resumable), ``learning_curve.csv``,
 ``learning_curves.png`` and returns metrics of the best model on the valid and test splits. A run stopped by
-``training.wall_time_limit`` returns ``complete: false``; resubmitting it with its checkpoint continues it.
+``training.wall_time_limit`` returns ``complete: false`` (resubmitting it with its checkpoint continues it),
+unless ``wall_time_is_budget`` says the limit was the user's own budget: then reaching it is a normal end.
 
 ``test`` settings: ``{"model": "model.pt", "dataset": "dataset.h5", "subset": "all"|"train"|"valid"|"test",
 "split": {...}, "indices": [...] | null, "batch_size": 256}``; writes predictions and plots.
@@ -103,7 +104,7 @@ def run_train_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
             metrics[name] = compute_metrics(predict(model, subset, training.eval_batch_size), subset)
     plot_learning_curves(workdir / CURVE_FILE, workdir / CURVE_PLOT)
     return {
-        "complete": result.stop_reason != "wall_time",
+        "complete": result.stop_reason != "wall_time" or bool(settings.get("wall_time_is_budget", False)),
         "stop_reason": result.stop_reason,
         "epochs": result.epochs,
         "best_epoch": result.best_epoch,

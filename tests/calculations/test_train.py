@@ -107,6 +107,7 @@ def test_train_prepare_for_submission(runner_code, dataset, tiny_model):
     assert (tiny_model.uuid, tiny_model.filename, "parent_model.pt") in calcinfo.local_copy_list
     assert task["parent_model"] == "parent_model.pt" and task["restart_checkpoint"] is None
     assert task["training"]["wall_time_limit"] == pytest.approx(0.9 * 3600 - 120)
+    assert task["wall_time_is_budget"] is False  # stopping there is unfinished work: exit 400
     assert task["split"] == {"seed": 2}
     assert calcinfo.retrieve_temporary_list == ["model.pt"]
 
@@ -182,6 +183,20 @@ def test_test_calculation_rejects_unknown_elements(runner_code, tiny_model):
     water = PESDataset.from_arrays(morse_molecules([[8, 1, 1]], 3), level_of_theory="morse").store()
     with pytest.raises(ValueError, match="not trained on"):
         _process(ModelTestCalculation, code=runner_code, model=tiny_model, dataset=water)
+
+
+def test_users_wall_time_budget_is_a_normal_end(dataset, tmp_path):
+    from aiida_mlpes.core.training_task import run_train_task
+
+    with dataset.as_path() as path:
+        shutil.copyfile(path, tmp_path / "dataset.h5")
+    settings = {
+        "dataset": "dataset.h5",
+        "model": TINY,
+        "training": {**FAST, "max_epochs": 10**6, "wall_time_limit": 0.3},
+    }
+    result = run_train_task({**settings, "wall_time_is_budget": True}, tmp_path)
+    assert result["complete"] and result["stop_reason"] == "wall_time"
 
 
 def test_train_parser_reports_incomplete_training(dataset, tmp_path, aiida_localhost):
