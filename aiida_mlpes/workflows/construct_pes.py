@@ -203,7 +203,7 @@ class ConstructPESWorkChain(WorkChain):
         self.ctx.iteration = 0
         self.ctx.dataset = self.inputs.get("initial_dataset")
         self.ctx.model = None
-        self.ctx.holes = None
+        self.ctx.to_label = None
         self.ctx.n_holes = None
         self.ctx.label_indices = None
         self.ctx.history_nodes = {}
@@ -225,14 +225,14 @@ class ConstructPESWorkChain(WorkChain):
             return self.exit_codes.ERROR_SAMPLING_FAILED.format(message=node.exit_message or "no samples")
         if not node.is_finished_ok:
             self.report(f"sampling ended with exit {node.exit_status}; labelling the samples it collected")
-        self.ctx.holes = node.outputs.dataset
+        self.ctx.to_label = node.outputs.dataset
         self.ctx.label_indices = None
         return None
 
     def run_labelling(self):
         inputs = self.exposed_inputs(ReferenceWorkChain, namespace="reference")
         inputs.update(
-            structures=self.ctx.holes,
+            structures=self.ctx.to_label,
             charge=self.inputs.charge,
             multiplicity=self.inputs.multiplicity,
         )
@@ -241,7 +241,9 @@ class ConstructPESWorkChain(WorkChain):
             inputs["min_distance"] = self.inputs.hole_min_distance
         inputs.setdefault("metadata", {})["call_link_label"] = f"label_{self.ctx.iteration}"
         count = (
-            self.ctx.holes.n_conformations if self.ctx.label_indices is None else len(self.ctx.label_indices)
+            self.ctx.to_label.n_conformations
+            if self.ctx.label_indices is None
+            else len(self.ctx.label_indices)
         )
         self.report(f"labelling {count} structures with the reference method")
         return ToContext(labelling=self.submit(ReferenceWorkChain, **inputs))
@@ -324,7 +326,7 @@ class ConstructPESWorkChain(WorkChain):
         self.ctx.characterization_results = node.outputs.results
         self.ctx.n_holes = n_holes
         self.report(f"iteration {self.ctx.iteration}: DMC found {n_holes} holes")
-        self.ctx.holes = holes
+        self.ctx.to_label = holes
         if n_holes:
             self.ctx.label_indices = self._hole_indices(holes)
             if not self.ctx.label_indices:

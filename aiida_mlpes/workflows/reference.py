@@ -34,7 +34,7 @@ from aiida.engine import (
 from aiida.plugins import CalculationFactory
 
 from aiida_mlpes.calculations.merge import merge_datasets
-from aiida_mlpes.calculations.reference import MIN_DISTANCE, ReferenceCalculation, n_structures
+from aiida_mlpes.calculations.reference import ReferenceCalculation, n_structures
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.data.dataset import PESDataset
 
@@ -55,57 +55,23 @@ def _calculation_class(code: orm.AbstractCode):
 
 def _define_common_inputs(spec) -> None:
     spec.input(
-        "driver_code",
-        valid_type=orm.AbstractCode,
-        required=False,
-        help="An aiida-mlpes-run code on the computer of `code`: each job runs its program calls from one "
-        "process (much less engine time for cheap methods such as xTB). See mlpes.xtb's driver_code.",
-    )
-    spec.input(
         "code",
         valid_type=orm.AbstractCode,
         help="The program (xtb, orca, g16) or aiida-mlpes-run code; its default_calc_job_plugin "
         "(mlpes.xtb, mlpes.orca, mlpes.gaussian, mlpes.ase) picks the CalcJob.",
     )
-    spec.input(
-        "structures",
-        valid_type=(PESDataset, orm.StructureData, orm.TrajectoryData),
-        help="The structures to label.",
-    )
-    spec.input(
-        "indices",
-        valid_type=orm.List,
-        required=False,
-        serializer=orm.to_aiida_type,
-        help="Which conformations of `structures` to label; default: all.",
-    )
-    spec.input(
-        "charge",
-        valid_type=orm.Int,
-        default=lambda: orm.Int(0),
-        serializer=orm.to_aiida_type,
-        help="Total charge (e).",
-    )
-    spec.input(
-        "multiplicity",
-        valid_type=orm.Int,
-        default=lambda: orm.Int(1),
-        serializer=orm.to_aiida_type,
-        help="Spin multiplicity 2S+1.",
-    )
-    spec.input(
-        "parameters",
-        valid_type=orm.Dict,
-        default=lambda: orm.Dict({}),
-        serializer=orm.to_aiida_type,
-        help="Program parameters of the CalcJob (method keywords ...).",
-    )
-    spec.input(
-        "min_distance",
-        valid_type=orm.Float,
-        default=lambda: orm.Float(MIN_DISTANCE),
-        serializer=orm.to_aiida_type,
-        help="Reject structures with atoms closer than this (Angstrom).",
+    # the structure and method ports are the CalcJob's own, passed through unchanged
+    spec.expose_inputs(
+        ReferenceCalculation,
+        include=(
+            "structures",
+            "indices",
+            "charge",
+            "multiplicity",
+            "parameters",
+            "min_distance",
+            "driver_code",
+        ),
     )
     spec.input(
         "options",
