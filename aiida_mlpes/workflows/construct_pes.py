@@ -1,67 +1,77 @@
-"""``ConstructPESWorkChain`` (``mlpes.construct_pes``): build an ML-PES and refine it until DMC finds no holes.
+"""``ConstructPESWorkChain`` (``mlpes.construct_pes``): build an ML-PES and refine it until it is shown right.
 
-Iteration 0 samples structures around the given molecule (``mlpes.sample``) and labels them with the
-reference method (``mlpes.reference``). Every iteration then trains a model on all data so far
-(``mlpes.train``, fine-tuned from the previous model), characterizes its surface with diffusion Monte Carlo
-(``mlpes.characterize``) and, if DMC found holes, labels them and merges them into the dataset
-(``merge_datasets``) for the next iteration. The loop ends when DMC finds no holes (converged) or after
-``max_iterations``. Each step is a stored process, so the final model links back to every calculation.
+Iteration 0 samples structures around the molecule (``mlpes.sample``) and labels them (``mlpes.reference``);
+their test split is the fixed test set of every later iteration. Each iteration then
+
+1. trains a committee of models on all data (``mlpes.train``; fine-tuned from the previous committee at a
+   lower learning rate, or from scratch; a fine-tuned committee that got worse on the fixed test set is
+   retrained from scratch) and tests it on the fixed test set (``mlpes.test``);
+2. characterizes its surface (``mlpes.characterize``): minimum (and TS, MEP, barrier), harmonic frequencies,
+   DMC with hole detection (energy holes and committee disagreement), and fresh candidate geometries from
+   the final DMC population and MD on the model;
+3. labels, side by side, the validation geometries (model minimum, its finite-difference copies, the TS),
+   the holes (chosen for diversity) and the candidates, and scores the model on them *before* training on
+   them (``mlpes.test``);
+4. records the iteration and decides with the stopping rule of :mod:`aiida_mlpes.core.convergence`;
+   the new labels are merged (``merge_datasets``) for the next iteration.
+
+Every exit path, failures included, emits the last trained model, the dataset and the history.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+import pathlib
 from typing import Any
 
-import numpy as np
+import yaml
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
+from aiida.engine import ToContext, WorkChain, if_, while_
 
 from aiida_mlpes.calculations.characterize import CharacterizeCalculation
 from aiida_mlpes.calculations.merge import merge_datasets
 from aiida_mlpes.calculations.sample import SampleCalculation
+from aiida_mlpes.calculations.test import ModelTestCalculation
 from aiida_mlpes.calculations.train import TrainCalculation
 from aiida_mlpes.core.characterize.task import check_tasks
+from aiida_mlpes.core.convergence import LoopSettings
 from aiida_mlpes.core.models import ModelConfig
 from aiida_mlpes.core.reference.validation import structure_problems
 from aiida_mlpes.core.training import TrainingConfig
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.data.model import PESModel
-from aiida_mlpes.workflows.reference import ReferenceWorkChain
+from aiida_mlpes.workflows import construct_pes_functions as functions
+from aiida_mlpes.workflows.reference import ReferenceWorkChain, _calculation_class
 
 #: Exit status of TrainCalculation when the wall time ended training early: the best model is still output.
 TRAINING_INCOMPLETE = 400
+PROTOCOL_FILE = pathlib.Path(__file__).parent / "protocols" / "construct_pes.yaml"
+#: Kinds of newly labelled structures, in the order they are labelled and scored.
+LABEL_KINDS = ("validation", "holes", "candidates")
 
 
-@calcfunction
-def collect_history(**nodes: orm.Data) -> orm.Dict:
-    """Per-iteration summary from the iterations' nodes: ``dataset_K`` (PESDataset trained on),
-    ``metrics_K`` (Dict of the training), optional ``zpe_K`` (Float, eV) and ``holes_K`` (PESDataset)."""
-    iterations = sorted({int(key.rsplit("_", 1)[1]) for key in nodes})
-    history = []
-    for k in iterations:
-        metrics = nodes[f"metrics_{k}"].get_dict() if f"metrics_{k}" in nodes else {}
-        history.append(
-            {
-                "iteration": k,
-                "n_conformations": nodes[f"dataset_{k}"].n_conformations,
-                "n_holes": nodes[f"holes_{k}"].n_conformations if f"holes_{k}" in nodes else 0,
-                "zpe_eV": nodes[f"zpe_{k}"].value if f"zpe_{k}" in nodes else None,
-                "test_metrics": metrics.get("test", {}),
-            }
-        )
-    return orm.Dict({"iterations": history})
+def _deep_merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(left)
+    for key, value in right.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+    return out
 
 
 class ConstructPESWorkChain(WorkChain):
-    """Sample, label, train, characterize; relabel DMC holes and retrain until none are left."""
+    """Sample, label, train a committee, characterize, validate against the reference; repeat until shown right."""
 
     @classmethod
     def define(cls, spec) -> None:
         super().define(spec)
         spec.input("structure", valid_type=orm.StructureData, help="The molecule (its minimum, or a guess).")
         spec.input(
-            "charge", valid_type=orm.Int, default=lambda: orm.Int(0), serializer=orm.to_aiida_type, help="e"
+            "ts_structure",
+            valid_type=orm.StructureData,
+            required=False,
+            help="A transition-state guess: optimised on each model, with its MEP and barrier tracked.",
         )
+        spec.input("charge", valid_type=orm.Int, default=lambda: orm.Int(0), serializer=orm.to_aiida_type, help="e")
         spec.input(
             "multiplicity",
             valid_type=orm.Int,
@@ -73,36 +83,16 @@ class ConstructPESWorkChain(WorkChain):
             "initial_dataset",
             valid_type=PESDataset,
             required=False,
-            help="Labelled data to start from; sampling is skipped when given without `sample` inputs.",
+            help="Labelled data at the reference level to start from; sampling is skipped when given without "
+            "`sample` inputs.",
         )
         spec.input(
-            "max_iterations",
-            valid_type=orm.Int,
-            default=lambda: orm.Int(5),
+            "settings",
+            valid_type=orm.Dict,
+            default=lambda: orm.Dict({}),
             serializer=orm.to_aiida_type,
-            help="Train/characterize cycles at most.",
-        )
-        spec.input(
-            "max_new_structures",
-            valid_type=orm.Int,
-            default=lambda: orm.Int(100),
-            serializer=orm.to_aiida_type,
-            help="Holes labelled per iteration at most (evenly chosen among all holes found).",
-        )
-        spec.input(
-            "hole_min_distance",
-            valid_type=orm.Float,
-            default=lambda: orm.Float(0.3),
-            serializer=orm.to_aiida_type,
-            help="Holes are labelled down to this interatomic distance (Angstrom): collapsed walkers teach the "
-            "model its short-range repulsion. Holes with closer atoms are reported and skipped.",
-        )
-        spec.input(
-            "fine_tune",
-            valid_type=orm.Bool,
-            default=lambda: orm.Bool(True),
-            serializer=orm.to_aiida_type,
-            help="Start each retraining from the previous model instead of from scratch.",
+            help="Loop settings and convergence tolerances (aiida_mlpes.core.convergence.LoopSettings): "
+            + ", ".join(LoopSettings.model_fields),
         )
         spec.expose_inputs(
             SampleCalculation,
@@ -114,101 +104,285 @@ class ConstructPESWorkChain(WorkChain):
             ReferenceWorkChain,
             namespace="reference",
             exclude=("structures", "indices", "charge", "multiplicity"),
-            namespace_options={"help": "The reference method that labels samples and holes."},
+            namespace_options={"help": "The reference method that labels samples, holes and validations."},
         )
         spec.expose_inputs(
             TrainCalculation,
             namespace="train",
             exclude=("dataset", "parent_model", "restart_folder"),
-            namespace_options={"help": "Model and training settings."},
+            namespace_options={"help": "Model and training settings (also runs mlpes.test)."},
         )
         spec.expose_inputs(
             CharacterizeCalculation,
             namespace="characterize",
-            exclude=("model", "driver", "structure", "charge"),
+            exclude=("model", "driver", "structure", "ts_structure", "charge"),
             namespace_options={
-                "help": "Characterization tasks; must include dmc (the hole search). 'optimize' (on the model's "
-                "surface, from `structure`) is added when missing."
+                "help": "Characterization tasks; must include dmc. optimize and frequencies (and optimize_ts "
+                "and mep with a TS) are added when missing."
             },
         )
-        # The exposed validators expect the ports this work chain fills in itself (structures, dataset, model);
-        # validate_inputs checks the same things with those ports supplied.
+        # The exposed validators expect the ports this work chain fills in itself; validate_inputs checks the
+        # same things with those ports supplied.
         for namespace in ("sample", "train", "characterize"):
             spec.inputs[namespace].validator = None
         spec.inputs.validator = cls.validate_inputs
         spec.outline(
             cls.setup,
-            if_(cls.should_sample)(
-                cls.run_sampling, cls.inspect_sampling, cls.run_labelling, cls.add_labelled
-            ),
+            if_(cls.should_sample)(cls.run_sampling, cls.inspect_sampling, cls.run_initial_labelling, cls.add_initial),
+            cls.fix_test_set,
             while_(cls.should_iterate)(
                 cls.run_training,
                 cls.inspect_training,
+                cls.run_fixed_test,
+                cls.inspect_fixed_test,
+                if_(cls.should_retrain_from_scratch)(
+                    cls.run_training, cls.inspect_training, cls.run_fixed_test, cls.inspect_fixed_test
+                ),
                 cls.run_characterization,
                 cls.inspect_characterization,
-                if_(cls.has_holes)(cls.run_labelling, cls.add_labelled),
+                cls.run_labelling,
+                cls.inspect_labelling,
+                cls.run_scoring,
+                cls.record,
             ),
             cls.results,
         )
-        spec.output("model", valid_type=PESModel, help="The last trained model.")
-        spec.output("dataset", valid_type=PESDataset, help="All labelled data (samples and holes).")
-        spec.output("history", valid_type=orm.Dict, help="Per iteration: data size, holes, ZPE, test errors.")
-        spec.output("characterization", valid_type=orm.Dict, help="Results of the last characterization.")
+        spec.output("model", valid_type=PESModel, required=False, help="The last trained committee.")
+        spec.output("dataset", valid_type=PESDataset, required=False, help="All labelled data.")
+        spec.output(
+            "history",
+            valid_type=orm.Dict,
+            required=False,
+            help="Per iteration: data, holes found/labelled/confirmed, test errors (fixed set and new labels), "
+            "ZPE, frequencies, barrier, validation against the reference, the verdict of each criterion, "
+            "timings and the model's UUID.",
+        )
+        spec.output("convergence_plot", valid_type=orm.SinglefileData, required=False, help="PNG of the history.")
+        spec.output("characterization", valid_type=orm.Dict, required=False, help="Last characterization.")
+        spec.output("minimum", valid_type=orm.StructureData, required=False, help="The model's last minimum.")
         spec.exit_code(401, "ERROR_SAMPLING_FAILED", message="Sampling failed: {message}")
         spec.exit_code(402, "ERROR_LABELLING_FAILED", message="Labelling failed: {message}")
         spec.exit_code(403, "ERROR_TRAINING_FAILED", message="Training failed: {message}")
         spec.exit_code(404, "ERROR_CHARACTERIZATION_FAILED", message="Characterization failed: {message}")
         spec.exit_code(
-            411,
-            "ERROR_HOLES_NOT_LABELLABLE",
-            message="DMC found {holes} holes, all with atoms closer than hole_min_distance: they cannot be "
-            "labelled; the outputs hold the last model.",
+            405, "ERROR_VALIDATION_FAILED", message="The model could not be validated against the reference: {message}"
         )
         spec.exit_code(
             410,
             "WARNING_NOT_CONVERGED",
-            message="DMC still found {holes} holes after {iterations} iterations; the outputs hold the last model.",
+            message="Not converged after {iterations} iterations (failing: {failing}); the outputs hold the "
+            "last model, the dataset and the history.",
         )
 
-    @staticmethod
-    def validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:
+    # ---------------------------------------------------------------------------------------------------------
+    @classmethod
+    def validate_inputs(cls, inputs: dict[str, Any], _: Any) -> str | None:
+        """Everything that can be checked before anything runs."""
+        try:
+            settings = LoopSettings.from_dict(inputs["settings"].get_dict() if "settings" in inputs else {})
+        except ValueError as exc:
+            return str(exc)
         if "initial_dataset" not in inputs and not inputs.get("sample"):
             return "give `sample` inputs, an `initial_dataset`, or both"
         tasks = inputs["characterize"]["tasks"].get_dict()
         if "dmc" not in tasks:
-            return "characterize.tasks must include 'dmc': the refinement loop is driven by DMC holes"
+            return "characterize.tasks must include 'dmc': the refinement loop is driven by DMC"
+        try:
+            check_tasks(cls._tasks(tasks, "ts_structure" in inputs, settings), "ts_structure" in inputs)
+        except ValueError as exc:
+            return f"characterize: {exc}"
+        structure = inputs["structure"]
+        ts = inputs.get("ts_structure")
+        if ts is not None and [s.kind_name for s in ts.sites] != [s.kind_name for s in structure.sites]:
+            return "structure and ts_structure must have the same atoms in the same order"
         if inputs.get("sample"):
-            sample = {**inputs["sample"], "structures": {"molecule": inputs["structure"]}}
+            sample = {**inputs["sample"], "structures": {"molecule": structure}}
             message = SampleCalculation.validate_inputs(sample, None)
             if message:
                 return f"sample: {message}"
+        train = inputs["train"]["settings"].get_dict() if "settings" in inputs["train"] else {}
+        if "committee_size" in train:
+            return "train.settings: committee_size is set by the loop's settings.committee_size"
         try:
-            check_tasks(tasks, has_ts=False)
-        except ValueError as exc:
-            return f"characterize: {exc}"
-        settings = inputs["train"]["settings"].get_dict() if "settings" in inputs["train"] else {}
-        try:
-            TrainingConfig.from_dict(dict(settings.get("training") or {}))
-            ModelConfig.from_dict({"elements": [1], **dict(settings.get("model") or {})})
+            TrainingConfig.from_dict(dict(train.get("training") or {}))
+            ModelConfig.from_dict({"elements": [1], **dict(train.get("model") or {})})
         except (ValueError, TypeError) as exc:
             return f"train.settings: {exc}"
-        if inputs["max_iterations"].value < 1:
-            return "max_iterations must be at least 1"
-        if inputs["max_new_structures"].value < 1:
-            return "max_new_structures must be at least 1"
+        return cls._check_initial_dataset(inputs)
+
+    @staticmethod
+    def _check_initial_dataset(inputs: dict[str, Any]) -> str | None:
+        dataset = inputs.get("initial_dataset")
+        if dataset is None:
+            return None
+        reference = inputs["reference"]
+        try:
+            level = _calculation_class(reference["code"]).level_of_theory(reference["parameters"].get_dict())
+        except ValueError as exc:
+            return f"reference: {exc}"
+        if dataset.level_of_theory and dataset.level_of_theory != level:
+            return (
+                f"initial_dataset is at level of theory {dataset.level_of_theory!r} but the reference method "
+                f"labels at {level!r}: mixing them would train on two surfaces"
+            )
+        missing = {"energy", "forces"} - set(dataset.field_names)
+        if missing:
+            return f"initial_dataset lacks {sorted(missing)}: it must be labelled with energies and forces"
+        absent = {s.kind_name for s in inputs["structure"].sites} - set(dataset.elements)
+        if absent:
+            return f"initial_dataset holds no {sorted(absent)} atoms, which the molecule has"
         return None
+
+    @staticmethod
+    def _tasks(tasks: dict[str, Any], has_ts: bool, settings: LoopSettings) -> dict[str, Any]:
+        """The characterization tasks of every iteration: the user's plus what the loop needs."""
+        out = {"optimize": {}, "frequencies": {}, **tasks}
+        if has_ts:
+            out.setdefault("optimize_ts", {})
+            out.setdefault("mep", {})
+        out["explore"] = {"n_candidates": settings.n_candidates, **dict(out.get("explore") or {})}
+        return out
+
+    # ---------------------------------------------------------------------------------------------------------
+    @classmethod
+    def get_protocol_filepath(cls) -> pathlib.Path:
+        return PROTOCOL_FILE
+
+    @classmethod
+    def get_available_protocols(cls) -> dict[str, dict[str, str]]:
+        """Protocol names with their descriptions."""
+        data = yaml.safe_load(PROTOCOL_FILE.read_text())
+        return {name: {"description": p["description"]} for name, p in data["protocols"].items()}
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The protocol's inputs merged with ``overrides``; unknown keys are errors that name them."""
+        data = yaml.safe_load(PROTOCOL_FILE.read_text())
+        name = protocol or data["default_protocol"]
+        if name not in data["protocols"]:
+            raise ValueError(f"protocol {name!r} unknown; choose one of {sorted(data['protocols'])}")
+        inputs = _deep_merge(data["default_inputs"], {k: v for k, v in data["protocols"][name].items() if k != "description"})
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(inputs) - {"reference"})
+        if unknown:
+            raise ValueError(f"overrides: unknown keys {unknown}; known: {sorted({*inputs, 'reference'})}")
+        inputs = _deep_merge(inputs, overrides)
+        LoopSettings.from_dict(inputs["settings"])  # names unknown or out-of-range loop settings
+        TrainingConfig.from_dict(dict(inputs["train"].get("training") or {}))
+        ModelConfig.from_dict({"elements": [1], **dict(inputs["train"].get("model") or {})})
+        unknown_tasks = set(inputs["characterize"]) - {"tasks"}
+        if unknown_tasks:
+            raise ValueError(f"overrides.characterize: unknown keys {sorted(unknown_tasks)}; known: ['tasks']")
+        return inputs
+
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        codes: dict[str, orm.AbstractCode],
+        structure: orm.StructureData,
+        protocol: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        ts_structure: orm.StructureData | None = None,
+        charge: int = 0,
+        multiplicity: int = 1,
+        reference_protocol: str | None = None,
+    ):
+        """A builder for ``structure`` with the protocol's inputs (``fast``, ``moderate`` or ``precise``).
+
+        ``codes``: ``reference`` (xtb, ORCA, Gaussian or aiida-mlpes-run with default plugin mlpes.ase) and
+        ``runner`` (aiida-mlpes-run: sampling, training, characterization); optionally ``driver`` (an
+        aiida-mlpes-run code that drives many reference program calls in one job). ``overrides`` changes any
+        protocol value (keys: settings, sample, train, characterize, and ``reference`` for the reference
+        protocol's overrides); ``options`` go to every CalcJob's ``metadata.options``.
+        """
+        unknown = sorted(set(codes) - {"reference", "runner", "driver"})
+        if unknown or not {"reference", "runner"} <= set(codes):
+            raise ValueError(f"codes needs 'reference' and 'runner' (optional 'driver'); got {sorted(codes)}")
+        overrides = dict(overrides or {})
+        reference_overrides = overrides.pop("reference", None)
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        name = protocol or yaml.safe_load(PROTOCOL_FILE.read_text())["default_protocol"]
+        run_options = _deep_merge(inputs.get("options", {}), options or {})
+        builder = cls.get_builder()
+        builder.structure = structure
+        if ts_structure is not None:
+            builder.ts_structure = ts_structure
+        builder.charge = orm.Int(charge)
+        builder.multiplicity = orm.Int(multiplicity)
+        builder.settings = orm.Dict(inputs["settings"])
+
+        builder.sample.code = codes["runner"]
+        builder.sample.driver = orm.Dict(inputs["sample"]["driver"])
+        builder.sample.settings = orm.Dict({k: v for k, v in inputs["sample"].items() if k != "driver"})
+        builder.sample.metadata = {"options": run_options}
+
+        reference = ReferenceWorkChain.get_builder_from_protocol(
+            codes["reference"],
+            structure,
+            protocol=reference_protocol or name,
+            overrides=reference_overrides,
+            options=options,
+            charge=charge,
+            multiplicity=multiplicity,
+        )
+        for key in ("code", "parameters", "options", "batch_size", "max_structure_retries", "min_distance"):
+            if key in reference:
+                builder.reference[key] = reference[key]
+        if "driver" in codes:
+            builder.reference.driver_code = codes["driver"]
+
+        builder.train.code = codes["runner"]
+        builder.train.settings = orm.Dict(inputs["train"])
+        builder.train.metadata = {"options": run_options}
+        builder.characterize.code = codes["runner"]
+        builder.characterize.tasks = orm.Dict(inputs["characterize"]["tasks"])
+        builder.characterize.metadata = {"options": run_options}
+        return builder
 
     # ---------------------------------------------------------------------------------------------------------
     def setup(self) -> None:
+        self.ctx.settings = LoopSettings.from_dict(self.inputs.settings.get_dict()).model_dump()
         self.ctx.iteration = 0
         self.ctx.dataset = self.inputs.get("initial_dataset")
+        self.ctx.fixed_test_dataset = None
         self.ctx.model = None
-        self.ctx.to_label = None
-        self.ctx.n_holes = None
-        self.ctx.label_indices = None
-        self.ctx.history_nodes = {}
-        self.ctx.stuck = False
+        self.ctx.parent_test = None  # fixed-test metrics of the previous committee
+        self.ctx.test_metrics = None
+        self.ctx.retrain_scratch = False
+        self.ctx.scratch_done = False
+        self.ctx.structure = self.inputs.structure
+        self.ctx.ts_structure = self.inputs.get("ts_structure")
+        self.ctx.records = {}
+        self.ctx.previous = None
+        self.ctx.converged = False
+        self.ctx.failing = []
+        self.ctx.characterization = None
+        self.ctx.timings = {}
 
+    @property
+    def loop(self) -> LoopSettings:
+        return LoopSettings.model_validate(self.ctx.settings)
+
+    def _fail(self, exit_code):
+        """Emit what exists (last model, dataset, history) and end with ``exit_code``."""
+        self.report(f"stopping: {exit_code.message}")
+        self._emit()
+        return exit_code
+
+    def _time(self, stage: str, *nodes: orm.ProcessNode) -> None:
+        """Wall seconds of a stage (from the processes' own records) and of its reference calculations."""
+        entry = self.ctx.timings.setdefault(stage, {"wall_s": 0.0})
+        for node in nodes:
+            entry["wall_s"] += (node.mtime - node.ctime).total_seconds()
+            jobs = [n for n in node.called_descendants if isinstance(n, orm.CalcJobNode)]
+            if jobs and stage.startswith("label"):
+                entry["calcjobs"] = entry.get("calcjobs", 0) + len(jobs)
+                entry["calcjob_wall_s"] = entry.get("calcjob_wall_s", 0.0) + sum(
+                    (j.mtime - j.ctime).total_seconds() for j in jobs
+                )
+
+    # --- iteration 0: sampling and labelling -------------------------------------------------------------------
     def should_sample(self) -> bool:
         return bool(self.inputs.get("sample"))
 
@@ -221,156 +395,362 @@ class ConstructPESWorkChain(WorkChain):
 
     def inspect_sampling(self):
         node = self.ctx.sample
+        self._time("sample", node)
         if "dataset" not in node.outputs:
-            return self.exit_codes.ERROR_SAMPLING_FAILED.format(message=node.exit_message or "no samples")
+            return self._fail(self.exit_codes.ERROR_SAMPLING_FAILED.format(message=node.exit_message or "no samples"))
         if not node.is_finished_ok:
             self.report(f"sampling ended with exit {node.exit_status}; labelling the samples it collected")
-        self.ctx.to_label = node.outputs.dataset
-        self.ctx.label_indices = None
         return None
 
-    def run_labelling(self):
+    def _labelling(self, structures: PESDataset, label: str, indices: list[int] | None = None):
         inputs = self.exposed_inputs(ReferenceWorkChain, namespace="reference")
-        inputs.update(
-            structures=self.ctx.to_label,
-            charge=self.inputs.charge,
-            multiplicity=self.inputs.multiplicity,
-        )
-        if self.ctx.label_indices is not None:  # labelling holes
-            inputs["indices"] = orm.List(self.ctx.label_indices)
-            inputs["min_distance"] = self.inputs.hole_min_distance
-        inputs.setdefault("metadata", {})["call_link_label"] = f"label_{self.ctx.iteration}"
-        count = (
-            self.ctx.to_label.n_conformations
-            if self.ctx.label_indices is None
-            else len(self.ctx.label_indices)
-        )
-        self.report(f"labelling {count} structures with the reference method")
-        return ToContext(labelling=self.submit(ReferenceWorkChain, **inputs))
+        inputs.update(structures=structures, charge=self.inputs.charge, multiplicity=self.inputs.multiplicity)
+        if indices is not None:
+            inputs["indices"] = orm.List(indices)
+            inputs["min_distance"] = orm.Float(self.loop.hole_min_distance)
+        inputs.setdefault("metadata", {})["call_link_label"] = label
+        return self.submit(ReferenceWorkChain, **inputs)
 
-    def add_labelled(self):
-        node = self.ctx.labelling
+    def run_initial_labelling(self):
+        samples = self.ctx.sample.outputs.dataset
+        self.report(f"labelling {samples.n_conformations} samples with the reference method")
+        return ToContext(initial_labels=self._labelling(samples, "label_0"))
+
+    def add_initial(self):
+        node = self.ctx.initial_labels
+        self._time("label_0", node)
         if "dataset" not in node.outputs:
-            return self.exit_codes.ERROR_LABELLING_FAILED.format(
-                message=node.exit_message or "nothing labelled"
+            return self._fail(
+                self.exit_codes.ERROR_LABELLING_FAILED.format(message=node.exit_message or "nothing labelled")
             )
-        excluded = node.outputs.excluded.get_dict() if "excluded" in node.outputs else {}
-        if excluded:
+        self._report_excluded(node)
+        self._merge(node.outputs.dataset, "merge_0")
+        return None
+
+    def _report_excluded(self, node: orm.ProcessNode) -> None:
+        if "excluded" in node.outputs:
             self.report(
-                f"{len(excluded)} structures excluded by the reference work chain (see its `excluded`)"
+                f"{len(node.outputs.excluded.get_dict())} structures excluded by {node.process_label}<{node.pk}> "
+                "(see its `excluded` output)"
             )
-        new = node.outputs.dataset
+
+    def _merge(self, new: PESDataset, label: str) -> None:
         if self.ctx.dataset is None:
             self.ctx.dataset = new
         else:
-            merged = merge_datasets(
-                previous=self.ctx.dataset,
-                new=new,
-                metadata={"call_link_label": f"merge_{self.ctx.iteration}"},
-            )
+            merged = merge_datasets(previous=self.ctx.dataset, new=new, metadata={"call_link_label": label})
             self.ctx.dataset = merged["dataset"]
         self.report(f"dataset now holds {self.ctx.dataset.n_conformations} conformations")
-        return None
 
+    def fix_test_set(self) -> None:
+        """The test split of the data before iteration 1 is the fixed test set of every iteration (splits depend
+        only on each conformation's hash, so these conformations stay in the test split as data grow)."""
+        self.ctx.fixed_test_dataset = self.ctx.dataset
+
+    # --- training ----------------------------------------------------------------------------------------------
     def should_iterate(self) -> bool:
-        if self.ctx.n_holes == 0 or self.ctx.stuck:
+        if self.ctx.converged:
             return False
-        return self.ctx.iteration < self.inputs.max_iterations.value
+        return self.ctx.iteration < self.loop.max_iterations
+
+    def _train_settings(self, fine_tune: bool) -> dict[str, Any]:
+        settings = copy.deepcopy(self.inputs.train.settings.get_dict()) if "settings" in self.inputs.train else {}
+        settings["committee_size"] = self.loop.committee_size
+        if fine_tune:
+            training = dict(settings.get("training") or {})
+            defaults = TrainingConfig()
+            training["learning_rate"] = (
+                training.get("learning_rate", defaults.learning_rate) * self.loop.fine_tune_learning_rate_factor
+            )
+            epochs = training.get("max_epochs", defaults.max_epochs)
+            training["max_epochs"] = max(1, math.ceil(epochs * self.loop.fine_tune_epoch_factor))
+            settings["training"] = training
+        return settings
 
     def run_training(self):
-        self.ctx.iteration += 1
+        scratch = self.ctx.retrain_scratch
+        if not scratch:
+            self.ctx.iteration += 1
+        fine_tune = self.ctx.model is not None and self.loop.retraining == "fine_tune" and not scratch
         inputs = self.exposed_inputs(TrainCalculation, namespace="train")
         inputs["dataset"] = self.ctx.dataset
-        if self.ctx.model is not None and self.inputs.fine_tune.value:
+        inputs["settings"] = orm.Dict(self._train_settings(fine_tune))
+        if fine_tune:
             inputs["parent_model"] = self.ctx.model
-        inputs.setdefault("metadata", {})["call_link_label"] = f"train_{self.ctx.iteration}"
+        k = self.ctx.iteration
+        inputs.setdefault("metadata", {})["call_link_label"] = f"train_{k}" + ("_scratch" if scratch else "")
+        how = "from scratch" if not fine_tune else "fine-tuning the previous committee"
         self.report(
-            f"iteration {self.ctx.iteration}: training on {self.ctx.dataset.n_conformations} conformations"
+            f"iteration {k}: training a committee of {self.loop.committee_size} on "
+            f"{self.ctx.dataset.n_conformations} conformations ({how})"
         )
+        self.ctx.fine_tuned = fine_tune
         return ToContext(training=self.submit(TrainCalculation, **inputs))
 
     def inspect_training(self):
         node = self.ctx.training
+        self._time("train", node)
         if not node.is_finished_ok and node.exit_status != TRAINING_INCOMPLETE:
-            return self.exit_codes.ERROR_TRAINING_FAILED.format(message=node.exit_message)
+            return self._fail(self.exit_codes.ERROR_TRAINING_FAILED.format(message=node.exit_message))
         if node.exit_status == TRAINING_INCOMPLETE:
             self.report("training hit the wall time; continuing with the best model it saved")
         self.ctx.model = node.outputs.model
         return None
 
-    def run_characterization(self):
-        inputs = self.exposed_inputs(CharacterizeCalculation, namespace="characterize")
-        tasks = inputs["tasks"].get_dict()
-        if "optimize" not in tasks:  # DMC and frequencies need the minimum of this model's surface
-            inputs["tasks"] = orm.Dict({"optimize": {}, **tasks})
-        inputs.update(
-            model=self.ctx.model, structure=self.inputs.structure, charge=orm.Float(self.inputs.charge.value)
+    def run_fixed_test(self):
+        return ToContext(fixed_test=self._test(self.ctx.fixed_test_dataset, f"test_{self.ctx.iteration}", subset="test"))
+
+    def _test(self, dataset: PESDataset, label: str, subset: str = "all"):
+        inputs = {
+            "code": self.inputs.train.code,
+            "model": self.ctx.model,
+            "dataset": dataset,
+            "settings": orm.Dict({"subset": subset, **self._split()}),
+            "metadata": {
+                "call_link_label": label,
+                "options": dict(self.inputs.train.get("metadata", {}).get("options", {})),
+            },
+        }
+        return self.submit(ModelTestCalculation, **inputs)
+
+    def _split(self) -> dict[str, Any]:
+        settings = self.inputs.train.settings.get_dict() if "settings" in self.inputs.train else {}
+        split = settings.get("split") or {}
+        return {"split": split} if split else {}
+
+    def inspect_fixed_test(self) -> None:
+        node = self.ctx.fixed_test
+        self._time("test", node)
+        if not node.is_finished_ok:
+            self.report(f"the fixed test set could not be evaluated ({node.exit_message}); continuing without")
+            self.ctx.test_metrics = None
+            self.ctx.retrain_scratch = False
+            return
+        metrics = node.outputs.metrics.get_dict()
+        self.ctx.test_metrics = metrics
+        worse = self._worse_than_parent(metrics)
+        self.ctx.retrain_scratch = bool(
+            self.ctx.fine_tuned and self.loop.scratch_fallback and worse and not self.ctx.retrain_scratch
         )
+        if self.ctx.retrain_scratch:
+            self.report(f"the fine-tuned committee is worse than its parent on the fixed test set ({worse}); "
+                        "retraining from scratch")
+        elif not self.ctx.fine_tuned or not worse:
+            self.ctx.retrain_scratch = False
+
+    def _worse_than_parent(self, metrics: dict[str, Any]) -> str:
+        parent = self.ctx.parent_test
+        if not parent:
+            return ""
+        for name in ("energy", "forces"):
+            new, old = (metrics.get(name) or {}).get("mae"), (parent.get(name) or {}).get("mae")
+            if new is not None and old is not None and new > 1.5 * old:
+                return f"{name} MAE {new:.3g} vs {old:.3g}"
+        return ""
+
+    def should_retrain_from_scratch(self) -> bool:
+        return bool(self.ctx.retrain_scratch)
+
+    # --- characterization --------------------------------------------------------------------------------------
+    def run_characterization(self):
+        self.ctx.retrain_scratch = False
+        self.ctx.parent_test = self.ctx.test_metrics
+        inputs = self.exposed_inputs(CharacterizeCalculation, namespace="characterize")
+        tasks = self._tasks(inputs["tasks"].get_dict(), self.ctx.ts_structure is not None, self.loop)
+        if "seed" in tasks["dmc"]:  # a new random stream each iteration, reproducible from the input seed
+            tasks["dmc"]["seed"] = int(tasks["dmc"]["seed"]) + self.ctx.iteration
+        inputs["tasks"] = orm.Dict(tasks)
+        inputs.update(model=self.ctx.model, structure=self.ctx.structure, charge=orm.Float(self.inputs.charge.value))
+        if self.ctx.ts_structure is not None:
+            inputs["ts_structure"] = self.ctx.ts_structure
         inputs.setdefault("metadata", {})["call_link_label"] = f"characterize_{self.ctx.iteration}"
         return ToContext(characterization=self.submit(CharacterizeCalculation, **inputs))
 
     def inspect_characterization(self):
         node = self.ctx.characterization
-        if not node.is_finished_ok:
-            return self.exit_codes.ERROR_CHARACTERIZATION_FAILED.format(message=node.exit_message)
-        holes = node.outputs.holes if "holes" in node.outputs else None
-        n_holes = holes.n_conformations if holes is not None else 0
-        k = self.ctx.iteration
-        self.ctx.history_nodes[f"dataset_{k}"] = self.ctx.dataset
-        if "metrics" in self.ctx.training.outputs:
-            self.ctx.history_nodes[f"metrics_{k}"] = self.ctx.training.outputs.metrics
-        if "zpe" in node.outputs:
-            self.ctx.history_nodes[f"zpe_{k}"] = node.outputs.zpe
-        if holes is not None:
-            self.ctx.history_nodes[f"holes_{k}"] = holes
-        self.ctx.characterization_results = node.outputs.results
-        self.ctx.n_holes = n_holes
-        self.report(f"iteration {self.ctx.iteration}: DMC found {n_holes} holes")
-        self.ctx.to_label = holes
-        if n_holes:
-            self.ctx.label_indices = self._hole_indices(holes)
-            if not self.ctx.label_indices:
-                self.report(
-                    "every hole has atoms closer than hole_min_distance: none can be labelled; stopping"
-                )
-                self.ctx.stuck = True
+        self._time("characterize", node)
+        if "results" not in node.outputs or "minimum" not in node.outputs:
+            return self._fail(self.exit_codes.ERROR_CHARACTERIZATION_FAILED.format(message=node.exit_message))
+        results = node.outputs.results.get_dict()
+        dmc = results.get("dmc") or {}
+        optimize = results.get("optimize") or {}
+        if optimize.get("saddle_escaped"):
+            self.report("the model's stationary point was a saddle; continued from the lower structure found along "
+                        "its imaginary mode")
+        self.report(
+            f"iteration {self.ctx.iteration}: DMC {dmc.get('outcome', 'completed')}, {dmc.get('n_holes', 0)} holes, "
+            f"ZPE {dmc.get('zpe_cm')} +- {dmc.get('zpe_error_cm')} cm^-1"
+        )
+        self.ctx.minimum = node.outputs.minimum
+        if "transition_state" in node.outputs:
+            self.ctx.ts_structure = node.outputs.transition_state
+        self.ctx.structure = node.outputs.minimum  # the next model starts from this one's minimum
         return None
 
+    # --- labelling: validation geometries, holes, candidates -------------------------------------------------
     def _hole_indices(self, holes: PESDataset) -> list[int]:
-        """Holes the reference method can label (no overlapping atoms), evenly thinned to the cap."""
+        """Holes the reference method can label (no overlapping atoms), chosen for diversity up to the cap."""
+        from aiida_mlpes.core.characterize.holes import select_diverse
+
         arrays = holes.get_arrays()
         problems = structure_problems(
-            arrays,
-            self.inputs.charge.value,
-            self.inputs.multiplicity.value,
-            self.inputs.hole_min_distance.value,
-            118,
+            arrays, self.inputs.charge.value, self.inputs.multiplicity.value, self.loop.hole_min_distance, 118
         )
         usable = [i for i in range(len(arrays)) if i not in problems]
         if problems:
             self.report(f"{len(problems)} holes skipped (e.g. {next(iter(problems.values()))})")
-        cap = self.inputs.max_new_structures.value
+        cap = self.loop.max_holes_labelled
         if len(usable) > cap:
-            usable = [usable[int(k)] for k in np.linspace(0, len(usable) - 1, cap).round()]
+            n = int(arrays.n_atoms[0])
+            positions = arrays.select(usable).positions.reshape(len(usable), n, 3)
+            chosen = select_diverse(arrays.atomic_numbers[:n], positions, cap, seed=self.ctx.iteration)
+            usable = [usable[int(i)] for i in chosen]
         return sorted(set(usable))
 
-    def has_holes(self) -> bool:
-        """Holes to label for a next iteration (none are labelled after the last one)."""
-        more = self.ctx.iteration < self.inputs.max_iterations.value
-        return bool(self.ctx.n_holes) and not self.ctx.stuck and more
+    def run_labelling(self):
+        node = self.ctx.characterization
+        k = self.ctx.iteration
+        extra = {"transition_state": node.outputs.transition_state} if "transition_state" in node.outputs else {}
+        geometries = functions.validation_structures(
+            node.outputs.minimum,
+            orm.Float(self.loop.finite_difference_step),
+            orm.Bool(self.loop.validate_frequencies),
+            **extra,
+            metadata={"call_link_label": f"validation_structures_{k}"},
+        )
+        self.ctx.validation_structures = geometries
+        jobs = {"validation": self._labelling(geometries, f"label_validation_{k}")}
+        self.ctx.hole_indices = []
+        if "holes" in node.outputs:
+            self.ctx.hole_indices = self._hole_indices(node.outputs.holes)
+            if self.ctx.hole_indices:
+                jobs["holes"] = self._labelling(node.outputs.holes, f"label_holes_{k}", self.ctx.hole_indices)
+        if "candidates" in node.outputs:
+            jobs["candidates"] = self._labelling(node.outputs.candidates, f"label_candidates_{k}")
+        self.report(
+            f"labelling {geometries.n_conformations} validation geometries, {len(self.ctx.hole_indices)} holes and "
+            f"{node.outputs.candidates.n_conformations if 'candidates' in node.outputs else 0} candidates"
+        )
+        return ToContext(**{f"labels_{kind}": job for kind, job in jobs.items()})
+
+    def inspect_labelling(self):
+        self.ctx.new_labels = {}
+        for kind in LABEL_KINDS:
+            node = self.ctx.get(f"labels_{kind}")
+            if node is None:
+                continue
+            self._time(f"label_{kind}", node)
+            self._report_excluded(node)
+            if "dataset" in node.outputs:
+                self.ctx.new_labels[kind] = node.outputs.dataset
+            else:
+                self.report(f"no {kind} structure could be labelled ({node.exit_message}); continuing without them")
+        for kind in LABEL_KINDS:
+            self.ctx.pop(f"labels_{kind}", None)
+        if "validation" not in self.ctx.new_labels:
+            self.ctx.failing = ["reference"]
+        return None
+
+    def run_scoring(self):
+        k = self.ctx.iteration
+        node = self.ctx.characterization
+        jobs = {}
+        for kind, dataset in self.ctx.new_labels.items():
+            jobs[f"score_{kind}"] = self._test(dataset, f"test_{kind}_{k}")
+        if "validation" in self.ctx.new_labels:
+            extra = {"transition_state": node.outputs.transition_state} if "transition_state" in node.outputs else {}
+            self.ctx.validation = functions.validate_against_reference(
+                self.ctx.new_labels["validation"],
+                node.outputs.minimum,
+                node.outputs.results,
+                orm.Float(self.loop.finite_difference_step),
+                orm.Bool(self.loop.validate_frequencies),
+                **extra,
+                metadata={"call_link_label": f"validate_{k}"},
+            )
+        else:
+            self.ctx.validation = None
+        return ToContext(**jobs)
+
+    def record(self):
+        k = self.ctx.iteration
+        node = self.ctx.characterization
+        validation = self.ctx.validation
+        reference_min = (validation.get_dict().get("reference_energy_minimum") if validation is not None else None)
+        parts: dict[str, orm.Data] = {"characterization": node.outputs.results}
+        discovered = []
+        for kind in self.ctx.new_labels:
+            test = self.ctx.pop(f"score_{kind}")
+            self._time("test", test)
+            if not test.is_finished_ok:
+                self.report(f"scoring the {kind} labels failed ({test.exit_message})")
+                continue
+            score = functions.score_new_labels(
+                test.outputs.predictions,
+                orm.Str(kind),
+                orm.Float(self.loop.tolerances.hole_confirmation),
+                orm.Float(reference_min if reference_min is not None else float("nan")),
+                metadata={"call_link_label": f"score_{kind}_{k}"},
+            )
+            parts[f"new_{kind}"] = score
+            discovered += [(kind, i) for i in score.get_dict().get("discovered_minima", [])]
+        if self.ctx.test_metrics is not None:
+            parts["test"] = orm.Dict(self.ctx.test_metrics)
+        if validation is not None:
+            parts["validation"] = validation
+        if self.ctx.previous is not None:
+            parts["previous"] = self.ctx.previous
+        parts["timings"] = orm.Dict(self.ctx.timings)
+        parts["info"] = orm.Dict(
+            {
+                "n_conformations": self.ctx.dataset.n_conformations,
+                "model_uuid": self.ctx.model.uuid,
+                "fine_tuned": bool(self.ctx.fine_tuned),
+                "characterization_uuid": node.uuid,
+            }
+        )
+        record = functions.record_iteration(
+            orm.Int(k), orm.Dict(self.ctx.settings), **parts, metadata={"call_link_label": f"record_{k}"}
+        )
+        self.ctx.timings = {}
+        self.ctx.records[f"iteration_{k}"] = record
+        self.ctx.previous = record
+        verdict = record.get_dict()
+        self.ctx.failing = [name for name, c in verdict["criteria"].items() if not c["passed"]]
+        self.ctx.converged = verdict["converged"] and k >= self.loop.min_iterations
+        self.report(
+            f"iteration {k}: "
+            + ", ".join(f"{name} {'ok' if c['passed'] else 'FAIL'}" for name, c in verdict["criteria"].items())
+        )
+        if discovered:
+            kind, index = discovered[0]
+            self.report(f"the reference confirms a lower minimum among the {kind}; continuing from it")
+            self.ctx.structure = functions.lowest_structure(
+                self.ctx.new_labels[kind], orm.Int(index), metadata={"call_link_label": f"discovered_minimum_{k}"}
+            )
+        for kind, dataset in self.ctx.new_labels.items():  # labels are never lost: they train the next model
+            self._merge(dataset, f"merge_{kind}_{k}")
+
+    # --- outputs -------------------------------------------------------------------------------------------------
+    def _emit(self) -> None:
+        if self.ctx.model is not None:
+            self.out("model", self.ctx.model)
+        if self.ctx.dataset is not None:
+            self.out("dataset", self.ctx.dataset)
+        if self.ctx.characterization is not None and "results" in self.ctx.characterization.outputs:
+            self.out("characterization", self.ctx.characterization.outputs.results)
+            if "minimum" in self.ctx.characterization.outputs:
+                self.out("minimum", self.ctx.characterization.outputs.minimum)
+        if self.ctx.records:
+            outputs = functions.collect_history(**self.ctx.records, metadata={"call_link_label": "history"})
+            self.out("history", outputs["history"])
+            self.out("convergence_plot", outputs["convergence_plot"])
 
     def results(self):
-        self.out("model", self.ctx.model)
-        self.out("dataset", self.ctx.dataset)
-        self.out(
-            "history", collect_history(**self.ctx.history_nodes, metadata={"call_link_label": "history"})
+        self._emit()
+        if self.ctx.converged:
+            self.report(f"converged after {self.ctx.iteration} iterations: every criterion holds")
+            return None
+        return self.exit_codes.WARNING_NOT_CONVERGED.format(
+            iterations=self.ctx.iteration, failing=", ".join(self.ctx.failing) or "minimum iterations"
         )
-        self.out("characterization", self.ctx.characterization_results)
-        if self.ctx.stuck:
-            return self.exit_codes.ERROR_HOLES_NOT_LABELLABLE.format(holes=self.ctx.n_holes)
-        if self.ctx.n_holes:
-            return self.exit_codes.WARNING_NOT_CONVERGED.format(
-                holes=self.ctx.n_holes, iterations=self.ctx.iteration
-            )
-        self.report(f"converged after {self.ctx.iteration} iterations: DMC found no holes")
-        return None
