@@ -35,7 +35,9 @@ args, _ = parser.parse_known_args()
 xtb = orm.load_code("xtb@localhost")
 runner = orm.load_code("aiida-mlpes-run@localhost")
 nh3 = orm.StructureData(ase=molecule("NH3"))
-planar = orm.StructureData(ase=Atoms("NH3", positions=[(0, 0, 0), (1.0, 0, 0), (-0.5, 0.866, 0), (-0.5, -0.866, 0)]))
+planar = orm.StructureData(
+    ase=Atoms("NH3", positions=[(0, 0, 0), (1.0, 0, 0), (-0.5, 0.866, 0), (-0.5, -0.866, 0)])
+)
 seeds = {
     "sample": {"seed": args.seed + 1},
     "train": {"training": {"seed": args.seed}, "split": {"seed": args.seed}},
@@ -50,7 +52,9 @@ builder = ConstructPESWorkChain.get_builder_from_protocol(
 results, node = run_get_node(builder)
 
 # --- what came out -------------------------------------------------------------------------------------------
-print(f"\nConstructPESWorkChain<{node.pk}> finished with exit status {node.exit_status}: {node.exit_message or 'converged'}")
+print(
+    f"\nConstructPESWorkChain<{node.pk}> finished with exit status {node.exit_status}: {node.exit_message or 'converged'}"
+)
 for record in results["history"]["iterations"] if "history" in results else []:
     verdicts = ", ".join(f"{k} {'ok' if c['passed'] else 'no'}" for k, c in record["criteria"].items())
     new = record["new_labels"]
@@ -90,6 +94,12 @@ print(
     f"Inversion barrier: model {model_barrier:.4f} eV, xTB {xtb_barrier:.4f} eV, "
     f"difference {model_barrier - xtb_barrier:+.4f} eV (target within 0.01)"
 )
-print(f"Model: PESModel<{results['model'].pk}> (a committee of {results['model'].base.attributes.get('committee_size', 1)})")
-print(f"Dataset: PESDataset<{results['dataset'].pk}>; convergence plot: SinglefileData<{results['convergence_plot'].pk}>")
-print(f"Provenance: verdi node graph generate {node.pk}; archive: verdi archive create -N {node.pk} nh3.aiida")
+print(
+    f"Model: PESModel<{results['model'].pk}> (a committee of {results['model'].base.attributes.get('committee_size', 1)})"
+)
+print(
+    f"Dataset: PESDataset<{results['dataset'].pk}>; convergence plot: SinglefileData<{results['convergence_plot'].pk}>"
+)
+print(
+    f"Provenance: verdi node graph generate {node.pk}; archive: verdi archive create -N {node.pk} nh3.aiida"
+)

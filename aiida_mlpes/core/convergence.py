@@ -51,7 +51,9 @@ class Tolerances(BaseModel):
         0.05, gt=0, description="eV/Angstrom: largest reference force at the model's minimum."
     )
     frequency_rmse: float = Field(
-        10.0, gt=0, description="cm^-1: RMSE of the model's vs the reference's frequencies at the model minimum."
+        10.0,
+        gt=0,
+        description="cm^-1: RMSE of the model's vs the reference's frequencies at the model minimum.",
     )
     barrier_error: float = Field(
         0.01, gt=0, description="eV: model barrier minus the reference barrier at the model's geometries."
@@ -219,7 +221,9 @@ def assess_iteration(
     return {"criteria": criteria, "converged": bool(converged)}
 
 
-def _stability(record: Mapping[str, Any], previous: Mapping[str, Any] | None, tol: Tolerances) -> dict[str, Any]:
+def _stability(
+    record: Mapping[str, Any], previous: Mapping[str, Any] | None, tol: Tolerances
+) -> dict[str, Any]:
     if not previous:
         return _criterion(False, reason="no previous iteration to compare with")
     values: dict[str, Any] = {}

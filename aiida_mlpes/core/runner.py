@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import os
+import resource
 import sys
 import time
 import traceback
@@ -62,10 +63,17 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and of the programs it ran and waited for."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_task(task: str, input_file: Path, workdir: Path | None = None) -> dict[str, Any]:
     """Run ``task`` with the settings in ``input_file``; write and return ``result.json`` contents."""
     workdir = Path(workdir or input_file.parent)
     start = time.perf_counter()
+    cpu_start = _cpu_seconds()
     try:
         settings = json.loads(Path(input_file).read_text())
         if settings.get("threads"):
@@ -81,6 +89,7 @@ def run_task(task: str, input_file: Path, workdir: Path | None = None) -> dict[s
         }
     result["task"] = task
     result["wall_time_s"] = time.perf_counter() - start
+    result["cpu_time_s"] = _cpu_seconds() - cpu_start
     (workdir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
     return result
 

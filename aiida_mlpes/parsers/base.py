@@ -30,6 +30,10 @@ class MlpesRunParser(Parser):
                 details = f"Last output: {tail}"
             return self.exit_codes.ERROR_NO_RESULT.format(details=details)
         result = json.loads(retrieved.base.repository.get_object_content(MlpesRunCalculation.RESULT_FILE))
+        # the task's own wall and CPU seconds (programs it ran included), queryable as extras of the job
+        for key in ("wall_time_s", "cpu_time_s"):
+            if isinstance(result.get(key), (int, float)):
+                self.node.base.extras.set(key, float(result[key]))
         if result.get("status") != "ok":
             self.logger.error(result.get("traceback", ""))
             return self.exit_codes.ERROR_TASK_FAILED.format(message=result.get("message", "unknown error"))

@@ -54,7 +54,11 @@ LABEL_KINDS = ("validation", "holes", "candidates")
 def _deep_merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(left)
     for key, value in right.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(out.get(key), dict) and isinstance(value, dict) else value
+        out[key] = (
+            _deep_merge(out[key], value)
+            if isinstance(out.get(key), dict) and isinstance(value, dict)
+            else value
+        )
     return out
 
 
@@ -71,7 +75,9 @@ class ConstructPESWorkChain(WorkChain):
             required=False,
             help="A transition-state guess: optimised on each model, with its MEP and barrier tracked.",
         )
-        spec.input("charge", valid_type=orm.Int, default=lambda: orm.Int(0), serializer=orm.to_aiida_type, help="e")
+        spec.input(
+            "charge", valid_type=orm.Int, default=lambda: orm.Int(0), serializer=orm.to_aiida_type, help="e"
+        )
         spec.input(
             "multiplicity",
             valid_type=orm.Int,
@@ -128,7 +134,9 @@ class ConstructPESWorkChain(WorkChain):
         spec.inputs.validator = cls.validate_inputs
         spec.outline(
             cls.setup,
-            if_(cls.should_sample)(cls.run_sampling, cls.inspect_sampling, cls.run_initial_labelling, cls.add_initial),
+            if_(cls.should_sample)(
+                cls.run_sampling, cls.inspect_sampling, cls.run_initial_labelling, cls.add_initial
+            ),
             cls.fix_test_set,
             while_(cls.should_iterate)(
                 cls.run_training,
@@ -157,7 +165,9 @@ class ConstructPESWorkChain(WorkChain):
             "ZPE, frequencies, barrier, validation against the reference, the verdict of each criterion, "
             "timings and the model's UUID.",
         )
-        spec.output("convergence_plot", valid_type=orm.SinglefileData, required=False, help="PNG of the history.")
+        spec.output(
+            "convergence_plot", valid_type=orm.SinglefileData, required=False, help="PNG of the history."
+        )
         spec.output("characterization", valid_type=orm.Dict, required=False, help="Last characterization.")
         spec.output("minimum", valid_type=orm.StructureData, required=False, help="The model's last minimum.")
         spec.exit_code(401, "ERROR_SAMPLING_FAILED", message="Sampling failed: {message}")
@@ -165,7 +175,9 @@ class ConstructPESWorkChain(WorkChain):
         spec.exit_code(403, "ERROR_TRAINING_FAILED", message="Training failed: {message}")
         spec.exit_code(404, "ERROR_CHARACTERIZATION_FAILED", message="Characterization failed: {message}")
         spec.exit_code(
-            405, "ERROR_VALIDATION_FAILED", message="The model could not be validated against the reference: {message}"
+            405,
+            "ERROR_VALIDATION_FAILED",
+            message="The model could not be validated against the reference: {message}",
         )
         spec.exit_code(
             410,
@@ -240,7 +252,10 @@ class ConstructPESWorkChain(WorkChain):
         if has_ts:
             out.setdefault("optimize_ts", {})
             out.setdefault("mep", {})
-        out["explore"] = {"n_candidates": settings.n_candidates, **dict(out.get("explore") or {})}
+        from aiida_mlpes.core.characterize.task import TASK_FUNCTIONS  # TEMP until the explore task lands
+
+        if "explore" in TASK_FUNCTIONS:
+            out["explore"] = {"n_candidates": settings.n_candidates, **dict(out.get("explore") or {})}
         return out
 
     # ---------------------------------------------------------------------------------------------------------
@@ -255,13 +270,17 @@ class ConstructPESWorkChain(WorkChain):
         return {name: {"description": p["description"]} for name, p in data["protocols"].items()}
 
     @classmethod
-    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    def get_protocol_inputs(
+        cls, protocol: str | None = None, overrides: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The protocol's inputs merged with ``overrides``; unknown keys are errors that name them."""
         data = yaml.safe_load(PROTOCOL_FILE.read_text())
         name = protocol or data["default_protocol"]
         if name not in data["protocols"]:
             raise ValueError(f"protocol {name!r} unknown; choose one of {sorted(data['protocols'])}")
-        inputs = _deep_merge(data["default_inputs"], {k: v for k, v in data["protocols"][name].items() if k != "description"})
+        inputs = _deep_merge(
+            data["default_inputs"], {k: v for k, v in data["protocols"][name].items() if k != "description"}
+        )
         overrides = dict(overrides or {})
         unknown = sorted(set(overrides) - set(inputs) - {"reference"})
         if unknown:
@@ -272,7 +291,9 @@ class ConstructPESWorkChain(WorkChain):
         ModelConfig.from_dict({"elements": [1], **dict(inputs["train"].get("model") or {})})
         unknown_tasks = set(inputs["characterize"]) - {"tasks"}
         if unknown_tasks:
-            raise ValueError(f"overrides.characterize: unknown keys {sorted(unknown_tasks)}; known: ['tasks']")
+            raise ValueError(
+                f"overrides.characterize: unknown keys {sorted(unknown_tasks)}; known: ['tasks']"
+            )
         return inputs
 
     @classmethod
@@ -370,17 +391,23 @@ class ConstructPESWorkChain(WorkChain):
         self._emit()
         return exit_code
 
-    def _time(self, stage: str, *nodes: orm.ProcessNode) -> None:
-        """Wall seconds of a stage (from the processes' own records) and of its reference calculations."""
-        entry = self.ctx.timings.setdefault(stage, {"wall_s": 0.0})
-        for node in nodes:
-            entry["wall_s"] += (node.mtime - node.ctime).total_seconds()
-            jobs = [n for n in node.called_descendants if isinstance(n, orm.CalcJobNode)]
-            if jobs and stage.startswith("label"):
-                entry["calcjobs"] = entry.get("calcjobs", 0) + len(jobs)
-                entry["calcjob_wall_s"] = entry.get("calcjob_wall_s", 0.0) + sum(
-                    (j.mtime - j.ctime).total_seconds() for j in jobs
-                )
+    def _time(self, stage: str, node: orm.ProcessNode) -> None:
+        """Wall seconds of a stage from the processes' own records; for the CalcJobs in it (the node itself or
+        those it called), their count and the wall and CPU seconds their tasks measured (``aiida-mlpes-run``
+        stores them as extras; CPU includes the programs a job ran)."""
+        entry = self.ctx.timings.setdefault(
+            stage, {"wall_s": 0.0, "calcjobs": 0, "task_wall_s": 0.0, "task_cpu_s": 0.0}
+        )
+        entry["wall_s"] += (node.mtime - node.ctime).total_seconds()
+        jobs = (
+            [node]
+            if isinstance(node, orm.CalcJobNode)
+            else [n for n in node.called_descendants if isinstance(n, orm.CalcJobNode)]
+        )
+        entry["calcjobs"] += len(jobs)
+        for job in jobs:
+            entry["task_wall_s"] += job.base.extras.get("wall_time_s", 0.0)
+            entry["task_cpu_s"] += job.base.extras.get("cpu_time_s", 0.0)
 
     # --- iteration 0: sampling and labelling -------------------------------------------------------------------
     def should_sample(self) -> bool:
@@ -397,7 +424,9 @@ class ConstructPESWorkChain(WorkChain):
         node = self.ctx.sample
         self._time("sample", node)
         if "dataset" not in node.outputs:
-            return self._fail(self.exit_codes.ERROR_SAMPLING_FAILED.format(message=node.exit_message or "no samples"))
+            return self._fail(
+                self.exit_codes.ERROR_SAMPLING_FAILED.format(message=node.exit_message or "no samples")
+            )
         if not node.is_finished_ok:
             self.report(f"sampling ended with exit {node.exit_status}; labelling the samples it collected")
         return None
@@ -454,13 +483,16 @@ class ConstructPESWorkChain(WorkChain):
         return self.ctx.iteration < self.loop.max_iterations
 
     def _train_settings(self, fine_tune: bool) -> dict[str, Any]:
-        settings = copy.deepcopy(self.inputs.train.settings.get_dict()) if "settings" in self.inputs.train else {}
+        settings = (
+            copy.deepcopy(self.inputs.train.settings.get_dict()) if "settings" in self.inputs.train else {}
+        )
         settings["committee_size"] = self.loop.committee_size
         if fine_tune:
             training = dict(settings.get("training") or {})
             defaults = TrainingConfig()
             training["learning_rate"] = (
-                training.get("learning_rate", defaults.learning_rate) * self.loop.fine_tune_learning_rate_factor
+                training.get("learning_rate", defaults.learning_rate)
+                * self.loop.fine_tune_learning_rate_factor
             )
             epochs = training.get("max_epochs", defaults.max_epochs)
             training["max_epochs"] = max(1, math.ceil(epochs * self.loop.fine_tune_epoch_factor))
@@ -498,7 +530,9 @@ class ConstructPESWorkChain(WorkChain):
         return None
 
     def run_fixed_test(self):
-        return ToContext(fixed_test=self._test(self.ctx.fixed_test_dataset, f"test_{self.ctx.iteration}", subset="test"))
+        return ToContext(
+            fixed_test=self._test(self.ctx.fixed_test_dataset, f"test_{self.ctx.iteration}", subset="test")
+        )
 
     def _test(self, dataset: PESDataset, label: str, subset: str = "all"):
         inputs = {
@@ -522,7 +556,9 @@ class ConstructPESWorkChain(WorkChain):
         node = self.ctx.fixed_test
         self._time("test", node)
         if not node.is_finished_ok:
-            self.report(f"the fixed test set could not be evaluated ({node.exit_message}); continuing without")
+            self.report(
+                f"the fixed test set could not be evaluated ({node.exit_message}); continuing without"
+            )
             self.ctx.test_metrics = None
             self.ctx.retrain_scratch = False
             return
@@ -533,8 +569,10 @@ class ConstructPESWorkChain(WorkChain):
             self.ctx.fine_tuned and self.loop.scratch_fallback and worse and not self.ctx.retrain_scratch
         )
         if self.ctx.retrain_scratch:
-            self.report(f"the fine-tuned committee is worse than its parent on the fixed test set ({worse}); "
-                        "retraining from scratch")
+            self.report(
+                f"the fine-tuned committee is worse than its parent on the fixed test set ({worse}); "
+                "retraining from scratch"
+            )
         elif not self.ctx.fine_tuned or not worse:
             self.ctx.retrain_scratch = False
 
@@ -560,7 +598,9 @@ class ConstructPESWorkChain(WorkChain):
         if "seed" in tasks["dmc"]:  # a new random stream each iteration, reproducible from the input seed
             tasks["dmc"]["seed"] = int(tasks["dmc"]["seed"]) + self.ctx.iteration
         inputs["tasks"] = orm.Dict(tasks)
-        inputs.update(model=self.ctx.model, structure=self.ctx.structure, charge=orm.Float(self.inputs.charge.value))
+        inputs.update(
+            model=self.ctx.model, structure=self.ctx.structure, charge=orm.Float(self.inputs.charge.value)
+        )
         if self.ctx.ts_structure is not None:
             inputs["ts_structure"] = self.ctx.ts_structure
         inputs.setdefault("metadata", {})["call_link_label"] = f"characterize_{self.ctx.iteration}"
@@ -575,8 +615,10 @@ class ConstructPESWorkChain(WorkChain):
         dmc = results.get("dmc") or {}
         optimize = results.get("optimize") or {}
         if optimize.get("saddle_escaped"):
-            self.report("the model's stationary point was a saddle; continued from the lower structure found along "
-                        "its imaginary mode")
+            self.report(
+                "the model's stationary point was a saddle; continued from the lower structure found along "
+                "its imaginary mode"
+            )
         self.report(
             f"iteration {self.ctx.iteration}: DMC {dmc.get('outcome', 'completed')}, {dmc.get('n_holes', 0)} holes, "
             f"ZPE {dmc.get('zpe_cm')} +- {dmc.get('zpe_error_cm')} cm^-1"
@@ -610,7 +652,9 @@ class ConstructPESWorkChain(WorkChain):
     def run_labelling(self):
         node = self.ctx.characterization
         k = self.ctx.iteration
-        extra = {"transition_state": node.outputs.transition_state} if "transition_state" in node.outputs else {}
+        extra = (
+            {"transition_state": node.outputs.transition_state} if "transition_state" in node.outputs else {}
+        )
         geometries = functions.validation_structures(
             node.outputs.minimum,
             orm.Float(self.loop.finite_difference_step),
@@ -644,7 +688,9 @@ class ConstructPESWorkChain(WorkChain):
             if "dataset" in node.outputs:
                 self.ctx.new_labels[kind] = node.outputs.dataset
             else:
-                self.report(f"no {kind} structure could be labelled ({node.exit_message}); continuing without them")
+                self.report(
+                    f"no {kind} structure could be labelled ({node.exit_message}); continuing without them"
+                )
         for kind in LABEL_KINDS:
             self.ctx.pop(f"labels_{kind}", None)
         if "validation" not in self.ctx.new_labels:
@@ -658,7 +704,11 @@ class ConstructPESWorkChain(WorkChain):
         for kind, dataset in self.ctx.new_labels.items():
             jobs[f"score_{kind}"] = self._test(dataset, f"test_{kind}_{k}")
         if "validation" in self.ctx.new_labels:
-            extra = {"transition_state": node.outputs.transition_state} if "transition_state" in node.outputs else {}
+            extra = (
+                {"transition_state": node.outputs.transition_state}
+                if "transition_state" in node.outputs
+                else {}
+            )
             self.ctx.validation = functions.validate_against_reference(
                 self.ctx.new_labels["validation"],
                 node.outputs.minimum,
@@ -676,7 +726,9 @@ class ConstructPESWorkChain(WorkChain):
         k = self.ctx.iteration
         node = self.ctx.characterization
         validation = self.ctx.validation
-        reference_min = (validation.get_dict().get("reference_energy_minimum") if validation is not None else None)
+        reference_min = (
+            validation.get_dict().get("reference_energy_minimum") if validation is not None else None
+        )
         parts: dict[str, orm.Data] = {"characterization": node.outputs.results}
         discovered = []
         for kind in self.ctx.new_labels:
@@ -720,13 +772,17 @@ class ConstructPESWorkChain(WorkChain):
         self.ctx.converged = verdict["converged"] and k >= self.loop.min_iterations
         self.report(
             f"iteration {k}: "
-            + ", ".join(f"{name} {'ok' if c['passed'] else 'FAIL'}" for name, c in verdict["criteria"].items())
+            + ", ".join(
+                f"{name} {'ok' if c['passed'] else 'FAIL'}" for name, c in verdict["criteria"].items()
+            )
         )
         if discovered:
             kind, index = discovered[0]
             self.report(f"the reference confirms a lower minimum among the {kind}; continuing from it")
             self.ctx.structure = functions.lowest_structure(
-                self.ctx.new_labels[kind], orm.Int(index), metadata={"call_link_label": f"discovered_minimum_{k}"}
+                self.ctx.new_labels[kind],
+                orm.Int(index),
+                metadata={"call_link_label": f"discovered_minimum_{k}"},
             )
         for kind, dataset in self.ctx.new_labels.items():  # labels are never lost: they train the next model
             self._merge(dataset, f"merge_{kind}_{k}")

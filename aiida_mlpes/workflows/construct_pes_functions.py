@@ -97,7 +97,9 @@ def validate_against_reference(
     if frequencies.value:
         model = (results.get("frequencies") or {}).get("minimum")
         try:
-            modes = reference_modes(atoms.numbers, atoms.positions, positions, arrays.energy, forces, step=step.value)
+            modes = reference_modes(
+                atoms.numbers, atoms.positions, positions, arrays.energy, forces, step=step.value
+            )
             out["reference_frequencies"] = modes.frequencies.tolist()
             out["model_frequencies"] = model
             if model is not None:
@@ -132,13 +134,13 @@ def score_new_labels(
     with predictions.as_path() as path:
         data = dict(np.load(path))
     e_ref, e_pred = data["energy_ref"], data["energy_pred"]
-    out: dict[str, Any] = {"kind": kind.value, "n": int(len(e_ref))}
+    out: dict[str, Any] = {"kind": kind.value, "n": len(e_ref)}
     out["energy_mae"] = float(np.mean(np.abs(e_pred - e_ref)))
     out["energy_max_error"] = float(np.max(np.abs(e_pred - e_ref)))
     if "forces_ref" in data and "forces_pred" in data:
         out["forces_mae"] = float(np.mean(np.abs(data["forces_pred"] - data["forces_ref"])))
     confirmed = np.flatnonzero(e_pred < e_ref - threshold.value)
-    out["confirmed"] = int(len(confirmed))
+    out["confirmed"] = len(confirmed)
     below = e_ref[confirmed] < reference_minimum.value - threshold.value
     out["discovered_minima"] = [int(i) for i in confirmed[below]]
     return orm.Dict(_plain(out))

@@ -45,8 +45,26 @@ def test_converges_only_when_every_criterion_holds():
         ({"new_labels": {"n": 0}}, "new_labels"),
         ({"frequencies": [1000.0, 1600.0, 1600.0, 3420.0]}, "stability"),
         ({"dmc": {"outcome": "completed", "n_holes": 0, "zpe": 0.95, "zpe_error": 0.001}}, "stability"),
-        ({"validation": {"reference_max_force": 0.2, "frequency_rmse": 4.0, "frequencies_validated": True}}, "reference"),
-        ({"validation": {"reference_max_force": 0.01, "frequency_rmse": 25.0, "frequencies_validated": True}}, "reference"),
+        (
+            {
+                "validation": {
+                    "reference_max_force": 0.2,
+                    "frequency_rmse": 4.0,
+                    "frequencies_validated": True,
+                }
+            },
+            "reference",
+        ),
+        (
+            {
+                "validation": {
+                    "reference_max_force": 0.01,
+                    "frequency_rmse": 25.0,
+                    "frequencies_validated": True,
+                }
+            },
+            "reference",
+        ),
         ({"validation": {}}, "reference"),
     ],
 )
@@ -88,9 +106,15 @@ def test_non_finite_values_never_pass():
     ("data", "message"),
     [
         ({"committee_size": 1}, r"settings.committee_size: Input should be greater than or equal to 2"),
-        ({"tolerances": {"energy_mea": 0.1}}, r"settings.tolerances.energy_mea: Extra inputs are not permitted"),
+        (
+            {"tolerances": {"energy_mea": 0.1}},
+            r"settings.tolerances.energy_mea: Extra inputs are not permitted",
+        ),
         ({"max_iteration": 3}, r"settings.max_iteration: Extra inputs"),
-        ({"tolerances": {"frequency_rmse": -1}}, r"settings.tolerances.frequency_rmse: Input should be greater than 0"),
+        (
+            {"tolerances": {"frequency_rmse": -1}},
+            r"settings.tolerances.frequency_rmse: Input should be greater than 0",
+        ),
         ({"min_iterations": 5, "max_iterations": 3}, "min_iterations .5. exceeds max_iterations .3."),
         ({"retraining": "sometimes"}, r"settings.retraining"),
     ],

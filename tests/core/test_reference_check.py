@@ -15,7 +15,9 @@ def springs(atoms):
     """Harmonic springs between all pairs at their current lengths: a minimum with 3N-6 real modes."""
     d = atoms.get_all_distances()
     n = len(atoms)
-    return PairPotential([(i, j, "harmonic", (5.0 + i + j, d[i, j])) for i in range(n) for j in range(i + 1, n)])
+    return PairPotential(
+        [(i, j, "harmonic", (5.0 + i + j, d[i, j])) for i in range(n) for j in range(i + 1, n)]
+    )
 
 
 @pytest.mark.parametrize("name", ["H2O", "CH4", "HCN"])

@@ -45,7 +45,8 @@ class LabelledPotential:
 
     def __init__(self, positions: np.ndarray, energies: np.ndarray, forces: np.ndarray) -> None:
         self._table = {
-            _key(p): (float(e), np.asarray(f, dtype=float)) for p, e, f in zip(positions, energies, forces, strict=True)
+            _key(p): (float(e), np.asarray(f, dtype=float))
+            for p, e, f in zip(positions, energies, forces, strict=True)
         }
 
     def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +60,9 @@ class LabelledPotential:
         return energies, forces
 
 
-def validation_geometries(positions: np.ndarray, step: float = DEFAULT_STEP, frequencies: bool = True) -> np.ndarray:
+def validation_geometries(
+    positions: np.ndarray, step: float = DEFAULT_STEP, frequencies: bool = True
+) -> np.ndarray:
     """Geometries (K, N, 3) to label: ``positions`` first, then (with ``frequencies``) the 6N displaced
     copies that :func:`normal_modes` requests for central differences of step ``step`` Angstrom."""
     positions = np.asarray(positions, dtype=float)
