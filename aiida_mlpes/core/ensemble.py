@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from aiida_mlpes.core.evaluation import predict
-from aiida_mlpes.core.models import Committee, ModelConfig, load_model
+from aiida_mlpes.core.models import AtomisticModel, Committee, ModelConfig, load_model
 from aiida_mlpes.core.models.committee import check_committee_size
 from aiida_mlpes.core.ragged import RaggedArrays
 from aiida_mlpes.core.training import Trainer, TrainingConfig, TrainingResult
@@ -94,9 +95,9 @@ def committee_predict(
         raise ValueError("committee_predict needs a committee (>= 2 members); got a single model")
     if isinstance(models, Committee):
         return predict(models, arrays, batch_size=batch_size)
-    members = [load_model(m) if isinstance(m, (str, Path)) else m for m in models]
+    members = [load_model(m) if isinstance(m, (str, Path)) else m for m in cast(Sequence[Any], models)]
     check_committee_size(len(members))
-    if any(isinstance(m, Committee) for m in members):
+    if not all(isinstance(m, AtomisticModel) for m in members):
         raise ValueError("committee_predict: give one committee, or a list of single models")
     configs = {str(m.config.to_dict()) for m in members}
     if len(configs) == 1:

@@ -56,7 +56,7 @@ def test_committee_equals_its_members_evaluated_one_by_one(architecture, dtype, 
     committee = Committee.from_members(members)
     batch = collate(mixed, np.arange(6), dtype=members[0].dtype)
     out = committee(batch)
-    tol = {"float32": dict(rtol=1e-4, atol=2e-4), "float64": dict(rtol=1e-10, atol=1e-10)}[dtype]
+    tol = {"float32": {"rtol": 1e-4, "atol": 2e-4}, "float64": {"rtol": 1e-10, "atol": 1e-10}}[dtype]
     for k, member in enumerate(members):
         ref = member(batch)
         for key in ("energy", "forces", "dipole", "atomic_charges"):
@@ -136,7 +136,9 @@ def test_committee_training_lowers_each_members_loss_and_members_differ(tmp_path
     from aiida_mlpes.core.training.components import evaluate_loss
 
     config = small_config(dtype="float64")
-    trainer = Trainer(config, quick(max_epochs=8, ema_decay=0.0, learning_rate=3e-3), tmp_path, committee_size=3)
+    trainer = Trainer(
+        config, quick(max_epochs=8, ema_decay=0.0, learning_rate=3e-3), tmp_path, committee_size=3
+    )
     committee = trainer.model
     assert isinstance(committee, Committee)
     train, valid = np.arange(12), np.arange(12, 16)

@@ -99,7 +99,9 @@ def test_predict_and_committee_predict_accept_committees(tmp_path, members):
     by_file = predict(path, data_water)
     singles = [predict(m, data_water) for m in members]
     np.testing.assert_allclose(by_file["energy"], np.mean([s["energy"] for s in singles], axis=0), atol=1e-9)
-    np.testing.assert_allclose(by_file["energy_std"], np.std([s["energy"] for s in singles], axis=0), atol=1e-9)
+    np.testing.assert_allclose(
+        by_file["energy_std"], np.std([s["energy"] for s in singles], axis=0), atol=1e-9
+    )
     listed = committee_predict(members, data_water)
     np.testing.assert_allclose(listed["forces_std_max"], by_file["forces_std_max"], atol=1e-9)
     with pytest.raises(ValueError, match="single model"):
@@ -150,6 +152,8 @@ def test_train_task_with_committee_size_through_the_runner(workdir):
 
 
 def test_single_model_train_task_reports_no_committee(workdir):
-    result = run_train_task({"dataset": "dataset.h5", "model": TINY, "training": {**FAST, "max_epochs": 1}}, workdir)
+    result = run_train_task(
+        {"dataset": "dataset.h5", "model": TINY, "training": {**FAST, "max_epochs": 1}}, workdir
+    )
     assert "committee" not in result
     assert not isinstance(load_model(workdir / "model.pt"), Committee)

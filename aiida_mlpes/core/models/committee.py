@@ -178,8 +178,8 @@ class Committee(nn.Module):
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def _member_inputs(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        params = dict(self.stack.named_parameters())
-        buffers = {name: getattr(self.stack, name) for name in MEMBER_BUFFERS}
+        params: dict[str, torch.Tensor] = dict(self.stack.named_parameters())
+        buffers: dict[str, torch.Tensor] = {name: getattr(self.stack, name) for name in MEMBER_BUFFERS}
         return params, buffers
 
     def forward(
@@ -233,21 +233,30 @@ class Committee(nn.Module):
         return out
 
     def _member_loop(
-        self, batch: dict[str, torch.Tensor], positions: torch.Tensor, compute_forces: bool, create_graph: bool
+        self,
+        batch: dict[str, torch.Tensor],
+        positions: torch.Tensor,
+        compute_forces: bool,
+        create_graph: bool,
     ) -> dict[str, torch.Tensor]:
         """Fallback for large molecules (geometry-dependent neighbour lists): members one after another."""
         params, buffers = self._member_inputs()
         outs = []
         for m in range(self.size):
             inputs = {
-                key: (value[m] if key in PER_MEMBER_KEYS and value.dim() > 0 and positions.dim() == 3 else value)
+                key: (
+                    value[m] if key in PER_MEMBER_KEYS and value.dim() > 0 and positions.dim() == 3 else value
+                )
                 for key, value in batch.items()
             }
             inputs["positions"] = positions[m]
             member = ({n: p[m] for n, p in params.items()}, {n: b[m] for n, b in buffers.items()})
             outs.append(
                 functional_call(
-                    self.stack, member, (inputs,), {"compute_forces": compute_forces, "create_graph": create_graph}
+                    self.stack,
+                    member,
+                    (inputs,),
+                    {"compute_forces": compute_forces, "create_graph": create_graph},
                 )
             )
         return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}

@@ -45,7 +45,7 @@ class WeightedLoss:
                 # committee outputs carry a leading member axis: sum atoms along the last axis
                 target = batch["charge"]
                 charges = out["atomic_charges"].to(target.dtype)
-                total = charges.new_zeros((*charges.shape[:-1], len(batch["n_atoms"])))
+                total = charges.new_zeros((*charges.shape[:-1], target.shape[-1]))
                 errors[name] = total.index_add_(-1, batch["batch"], charges) - target
             else:
                 # energy: float64 model energy (references included) minus float64 reference, then dtype

@@ -26,7 +26,14 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from aiida_mlpes.core.models import AtomisticModel, Committee, ModelConfig, build_model, load_model, save_model
+from aiida_mlpes.core.models import (
+    AtomisticModel,
+    Committee,
+    ModelConfig,
+    build_model,
+    load_model,
+    save_model,
+)
 from aiida_mlpes.core.models.committee import (
     check_committee_size,
     composition_signature,
