@@ -3,13 +3,16 @@
 Inputs: the ``model`` (PESModel) whose surface is characterized, or a reference ``driver`` (Dict, e.g.
 ``{"name": "tblite", "parameters": {"method": "GFN2-xTB"}}``) to characterize the reference itself; the
 ``structure`` (the minimum, or a guess with ``tasks.optimize``), an optional ``ts_structure``, and ``tasks``
-(Dict: ``optimize``, ``optimize_ts``, ``frequencies``, ``mep``, ``mdp``, ``dmc``, each with the keyword options
-of its function in :mod:`aiida_mlpes.core.characterize`). Everything is validated before submission.
+(Dict: ``optimize``, ``optimize_ts``, ``frequencies``, ``mep``, ``mdp``, ``dmc``, ``explore``, each with the keyword
+options of its function in :mod:`aiida_mlpes.core.characterize`). Everything is validated before submission.
 
 Outputs: ``results`` (Dict: energies, frequencies in cm^-1, harmonic and DMC ZPE in eV and cm^-1, barriers,
-hole counts), ``zpe`` (Float, eV, when DMC ran), ``minimum`` and ``transition_state`` (StructureData),
-``mep`` and ``mdp`` (TrajectoryData with ``energies`` in eV), ``dmc_traces`` (ArrayData), ``plots``
-(FolderData of PNGs) and ``holes`` (PESDataset of the unlabelled hole geometries, when DMC found any).
+hole counts, ``dmc.outcome``; non-finite numbers are stored as null), ``zpe`` (Float, eV, when DMC gave a
+finite one), ``minimum`` and ``transition_state`` (StructureData), ``mep`` and ``mdp`` (TrajectoryData with
+``energies`` in eV), ``dmc_traces`` (ArrayData), ``plots`` (FolderData of PNGs), ``holes`` (PESDataset of the
+unlabelled hole geometries, when DMC found any) and ``candidates`` (PESDataset of the unlabelled explore
+candidates). A DMC run that did not complete (``results.dmc.outcome`` other than "completed") is not a failure of
+this calculation: the caller decides what it means.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ class CharacterizeCalculation(MlpesRunCalculation):
     STRUCTURE_FILE = "structure.xyz"
     TS_STRUCTURE_FILE = "ts_structure.xyz"
     PLOTS = [FILES["mep_plot"], FILES["mdp_plot"], FILES["dmc_plot"]]
-    RETRIEVE_TEMPORARY = [FILES[k] for k in ("minimum", "ts", "mep", "mdp", "dmc", "holes")] + PLOTS
+    RETRIEVE_TEMPORARY = [
+        FILES[k] for k in ("minimum", "ts", "mep", "mdp", "dmc", "holes", "candidates")
+    ] + PLOTS
 
     @classmethod
     def define(cls, spec) -> None:
@@ -62,14 +67,16 @@ class CharacterizeCalculation(MlpesRunCalculation):
         spec.input(
             "tasks",
             valid_type=orm.Dict,
-            help="Tasks to run and their options: optimize, optimize_ts, frequencies, mep, mdp, dmc "
+            help="Tasks to run and their options: optimize, optimize_ts, frequencies, mep, mdp, dmc, explore "
             "(see aiida_mlpes.core.characterize.task).",
         )
         spec.input("charge", valid_type=orm.Float, default=lambda: orm.Float(0.0), help="Total charge (e).")
         spec.inputs["metadata"]["options"]["parser_name"].default = "mlpes.characterize"
         spec.inputs.validator = cls.validate_inputs
         spec.output("results", valid_type=orm.Dict, help="All numbers (eV, Angstrom, cm^-1).")
-        spec.output("zpe", valid_type=orm.Float, required=False, help="DMC zero-point energy (eV).")
+        spec.output(
+            "zpe", valid_type=orm.Float, required=False, help="DMC zero-point energy (eV), when finite."
+        )
         spec.output("minimum", valid_type=orm.StructureData, help="The minimum (optimised if asked).")
         spec.output("transition_state", valid_type=orm.StructureData, required=False, help="The TS.")
         spec.output("mep", valid_type=orm.TrajectoryData, required=False, help="Minimum energy path.")
@@ -84,6 +91,12 @@ class CharacterizeCalculation(MlpesRunCalculation):
         spec.output("plots", valid_type=orm.FolderData, required=False, help="PNG plots (MEP, MDP, DMC).")
         spec.output(
             "holes", valid_type=PESDataset, required=False, help="Unlabelled geometries of the DMC holes."
+        )
+        spec.output(
+            "candidates",
+            valid_type=PESDataset,
+            required=False,
+            help="Unlabelled candidate geometries for validation (tasks.explore: DMC walkers and MD frames).",
         )
 
     @staticmethod

@@ -351,10 +351,20 @@ class Dataset:
 def split_indices(
     hashes: Sequence[str] | np.ndarray, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Split conformations into train/valid/test so that duplicates (equal hashes) share one split.
+    """Split conformations into train/valid/test, each conformation for good, from its own hash.
 
-    Groups of equal hashes are shuffled with ``seed`` and dealt out until each split holds its fraction of
-    the conformations. Returns sorted index arrays under "train", "valid", "test".
+    Every distinct hash gets a number u in [0, 1) from a BLAKE2b hash of the hash keyed with ``seed``; u below
+    ``fractions[0]`` is train, below ``fractions[0] + fractions[1]`` valid, else test. A conformation's split
+    therefore depends only on its hash and the seed: it never changes when the dataset grows, and equal hashes
+    (duplicates) share one split. The fractions are met statistically (binomially; within a few percent for
+    thousands of distinct hashes).
+
+    Tiny sets: when this rule leaves train empty (>= 1 distinct hash) or valid empty (>= 2 distinct hashes,
+    valid fraction > 0), the distinct hash whose u lies nearest to that split's interval is moved into it,
+    taken from the split with the most distinct hashes (never emptying train). Such a move is the only way an
+    assignment can change as the dataset grows, and it happens only while a split would otherwise be empty.
+
+    Returns sorted index arrays under "train", "valid", "test".
     """
     parts = np.asarray(fractions, dtype=float)
     if parts.shape != (3,) or np.any(parts < 0) or not np.isclose(parts.sum(), 1.0):
@@ -362,15 +372,34 @@ def split_indices(
     hashes = np.asarray(hashes)
     if len(hashes) == 0:
         raise DatasetError("cannot split an empty dataset")
-    unique, inverse, counts = np.unique(hashes.astype("S"), return_inverse=True, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(unique))
-    cumulative = np.cumsum(counts[order])
-    bounds = np.round(np.cumsum(parts)[:2] * len(hashes))
-    group_split = np.empty(len(unique), dtype=np.int64)
-    group_split[order] = np.searchsorted(bounds, cumulative - counts[order], side="right")
+    text = np.array([h.decode() if isinstance(h, bytes) else str(h) for h in hashes.reshape(-1)], dtype=str)
+    unique, inverse = np.unique(text, return_inverse=True)
+    u = np.array([_keyed_uniform(h, seed) for h in unique])
+    edges = np.array([0.0, parts[0], parts[0] + parts[1], 1.0])
+    group_split = np.searchsorted(edges[1:3], u, side="right")
+    group_split[u >= edges[2]] = 2  # guard against round-off when the last fraction is 0
+    needs = [(0, 1, parts[0] > 0), (1, 2, parts[1] > 0)]
+    for target, minimum, wanted in needs:
+        if not wanted or len(unique) < minimum or np.any(group_split == target):
+            continue
+        counts = np.bincount(group_split, minlength=3)
+        donors = [k for k in (0, 1, 2) if k != target and counts[k] > (1 if k == 0 else 0)]
+        if not donors:
+            continue
+        donor = max(donors, key=lambda k: (counts[k], -k))
+        members = np.flatnonzero(group_split == donor)
+        distance = np.maximum(edges[target] - u[members], u[members] - edges[target + 1])
+        group_split[members[np.argmin(distance)]] = target
     names = ("train", "valid", "test")
-    conf_split = group_split[inverse]
+    conf_split = group_split[inverse.reshape(-1)]
     return {name: np.flatnonzero(conf_split == k) for k, name in enumerate(names)}
+
+
+def _keyed_uniform(text: str, seed: int) -> float:
+    """A number in [0, 1) from BLAKE2b of ``text`` keyed with ``seed`` (uniform over hashes, fixed forever)."""
+    key = int(seed).to_bytes(16, "little", signed=True)
+    digest = hashlib.blake2b(str(text).encode(), key=key, digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2.0**64
 
 
 def write_dataset(

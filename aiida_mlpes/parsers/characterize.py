@@ -1,5 +1,9 @@
 """Parser of ``mlpes.characterize``: numbers -> Dict (+ Float ZPE), structures, paths -> TrajectoryData,
-DMC traces -> ArrayData, plots -> FolderData, holes -> PESDataset (unlabelled)."""
+DMC traces -> ArrayData, plots -> FolderData, holes and candidates -> PESDataset (unlabelled).
+
+Non-finite numbers become null in ``results`` (a Dict cannot store NaN); the ZPE output exists only when it
+is finite. The outcome of the DMC run (``results.dmc.outcome``) is reported, never turned into an exit code.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from aiida import orm
 from aiida.engine import ExitCode
 
 from aiida_mlpes.calculations.characterize import CharacterizeCalculation
-from aiida_mlpes.core.characterize.task import FILES
+from aiida_mlpes.core.characterize.task import FILES, finite_or_none
 from aiida_mlpes.core.dataset import DatasetError
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.parsers.base import MlpesRunParser
@@ -19,13 +23,12 @@ from aiida_mlpes.parsers.base import MlpesRunParser
 
 class CharacterizeParser(MlpesRunParser):
     def parse_result(self, result: dict[str, Any]) -> ExitCode | None:
-        from ase.io import read
-
         tasks = self.node.inputs.tasks.get_dict()
-        results = {k: v for k, v in result.items() if k not in ("status", "traceback")}
+        results = finite_or_none({k: v for k, v in result.items() if k not in ("status", "traceback")})
         self.out("results", orm.Dict(results))
-        if "dmc" in results and np.isfinite(results["dmc"].get("zpe", float("nan"))):
-            self.out("zpe", orm.Float(results["dmc"]["zpe"]))
+        zpe = results.get("dmc", {}).get("zpe")
+        if isinstance(zpe, (int, float)):  # None when not finite
+            self.out("zpe", orm.Float(zpe))
 
         expected = {"minimum": FILES["minimum"]}
         if "ts_structure" in self.node.inputs:
@@ -35,27 +38,17 @@ class CharacterizeParser(MlpesRunParser):
                 expected[name] = FILES[name]
         if "dmc" in tasks:
             expected["dmc_traces"] = FILES["dmc"]
-        paths: dict[str, Path] = {}
+        # attach every output that can be read, then report the first problem (nothing is lost)
+        problem: ExitCode | None = None
         for port, filename in expected.items():
             path = self.temporary_path(filename)
             if path is None:
-                return self.exit_codes.ERROR_OUTPUT_MISSING.format(name=filename)
-            paths[port] = path
-        try:
-            for port in ("minimum", "transition_state"):
-                if port in paths:
-                    self.out(port, orm.StructureData(ase=read(paths[port])))
-            for port in ("mep", "mdp"):
-                if port in paths:
-                    self.out(port, _trajectory(read(paths[port], index=":")))
-            if "dmc_traces" in paths:
-                traces = orm.ArrayData()
-                with np.load(paths["dmc_traces"]) as data:
-                    for name in data.files:
-                        traces.set_array(name, data[name])
-                self.out("dmc_traces", traces)
-        except (OSError, ValueError, KeyError) as exc:
-            return self.exit_codes.ERROR_OUTPUT_INVALID.format(message=str(exc))
+                problem = problem or self.exit_codes.ERROR_OUTPUT_MISSING.format(name=filename)
+                continue
+            try:
+                self.out(port, _read_output(port, path))
+            except (OSError, ValueError, KeyError) as exc:
+                problem = problem or self.exit_codes.ERROR_OUTPUT_INVALID.format(message=f"{filename}: {exc}")
 
         plots = orm.FolderData()
         for name in CharacterizeCalculation.PLOTS:
@@ -65,13 +58,31 @@ class CharacterizeParser(MlpesRunParser):
         if plots.base.repository.list_object_names():
             self.out("plots", plots)
 
-        holes = self.temporary_path(FILES["holes"])
-        if holes is not None:
-            try:
-                self.out("holes", PESDataset(file=holes))
-            except (DatasetError, OSError) as exc:
-                return self.exit_codes.ERROR_OUTPUT_INVALID.format(message=str(exc))
-        return None
+        for port in ("holes", "candidates"):
+            path = self.temporary_path(FILES[port])
+            if path is not None:
+                try:
+                    self.out(port, PESDataset(file=path))
+                except (DatasetError, OSError) as exc:
+                    problem = problem or self.exit_codes.ERROR_OUTPUT_INVALID.format(
+                        message=f"{path.name}: {exc}"
+                    )
+        return problem
+
+
+def _read_output(port: str, path: Path) -> orm.Data:
+    """The output node of ``port`` from its retrieved file."""
+    from ase.io import read
+
+    if port in ("minimum", "transition_state"):
+        return orm.StructureData(ase=read(path))
+    if port in ("mep", "mdp"):
+        return _trajectory(read(path, index=":"))
+    traces = orm.ArrayData()
+    with np.load(path) as data:
+        for name in data.files:
+            traces.set_array(name, data[name])
+    return traces
 
 
 def _trajectory(frames: list) -> orm.TrajectoryData:

@@ -176,3 +176,30 @@ def test_holes_from_a_model_become_an_unlabelled_dataset(runner_code, small_mode
     arrays = holes.get_arrays()
     assert arrays.energy is None and set(arrays.source) == {node.uuid}
     assert "transition_state" not in results and "mep" not in results
+
+
+def test_water_dmc_that_did_not_complete_still_finishes_ok_with_candidates(runner_code):
+    """A DMC stopped by its wall-time limit has a NaN ZPE: stored as null, no ``zpe`` output, the CalcJob is
+    fine (the caller judges ``results.dmc.outcome``), and the explore candidates come out as a dataset."""
+    from aiida_mlpes.data.dataset import PESDataset
+
+    tasks = {
+        "optimize": {"fmax": 1e-3},
+        "dmc": {"nwalkers": 10, "nsteps": 50, "eqsteps": 10, "seed": 0, "max_wall_time": 1e-9},
+        "explore": {"n_candidates": 4, "md_steps": 20, "md_save_interval": 2, "seed": 1},
+    }
+    results, node = run_get_node(
+        CharacterizeCalculation,
+        code=runner_code,
+        driver=orm.Dict({"name": "tblite", "parameters": {"method": "GFN2-xTB", "accuracy": 0.01}}),
+        structure=orm.StructureData(ase=molecule("H2O")),
+        tasks=orm.Dict(tasks),
+    )
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    dmc = results["results"]["dmc"]
+    assert dmc["outcome"] == "truncated" and dmc["completed"] is False and dmc["zpe"] is None
+    assert "zpe" not in results and "dmc_traces" in results
+    candidates = results["candidates"]
+    assert isinstance(candidates, PESDataset) and candidates.n_conformations == 4
+    assert candidates.get_arrays().energy is None and set(candidates.get_arrays().source) == {node.uuid}
+    assert results["results"]["explore"]["counts"]["selected"] == 4

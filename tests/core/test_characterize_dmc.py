@@ -99,9 +99,12 @@ def test_harmonic_start_needs_little_equilibration_and_drift_is_flagged():
     # walkers drawn from psi_0: their mean potential is E0 from the first step (unguided DMC)
     np.testing.assert_allclose(harmonic.potential_trace[:5].mean(), exact, rtol=0.02)
     # from the minimum with no equilibration, E_ref still climbs during the "production" steps
+    assert harmonic.outcome == "completed" and harmonic.completed and harmonic.stopped is None
+    assert harmonic.production_walker_steps == harmonic.population_trace[20:].sum()
     with pytest.warns(RuntimeWarning, match="not equilibrated, increase eqsteps"):
         cold = run_dmc(trap, [1, 1, 8], np.zeros((3, 3)), eqsteps=0, **{**kwargs, "nsteps": 200})
     assert cold.drift[0] > 3 * cold.drift[1]
+    assert cold.outcome == "drift" and not cold.completed and np.isfinite(cold.zpe)
 
 
 @pytest.mark.filterwarnings("ignore:DMC. E_ref drifts")  # a short run, not equilibrated on purpose
@@ -209,10 +212,17 @@ def test_broken_potential_yields_holes_correct_one_none():
     assert blind.n_holes == 0 and blind.zpe < -0.1
 
 
-def test_hole_storage_is_capped_but_all_are_counted():
+def test_hole_storage_is_capped_and_a_full_store_truncates_the_run():
     positions = np.array([[0, 0, 0], [H2_R0, 0, 0]])
-    bad = run_dmc(broken_h2(), [1, 1], positions, nwalkers=500, nsteps=600, eqsteps=100, seed=3, max_holes=5)
-    assert len(bad.holes) == 5 and bad.n_holes > 5
+    kwargs = {"nwalkers": 500, "nsteps": 600, "eqsteps": 100, "seed": 3}
+    bad = run_dmc(broken_h2(), [1, 1], positions, max_holes=5, **kwargs)
+    assert len(bad.holes) == 5 and bad.n_holes >= 5
+    assert bad.outcome == "truncated" and "max_holes=5" in bad.stopped
+    assert len(bad.energy_trace) < 600 and bad.hole_steps.max() == len(bad.energy_trace) - 1
+    # max_holes=0 stores none and never stops: the run goes on to the end, counting holes
+    counted = run_dmc(broken_h2(), [1, 1], positions, max_holes=0, **kwargs)
+    assert len(counted.holes) == 0 and counted.n_holes > 10 and len(counted.energy_trace) == 600
+    assert counted.outcome != "truncated"
 
 
 def test_collapsed_geometries_are_holes():
@@ -279,8 +289,60 @@ def test_a_surface_made_of_holes_stops_early_but_keeps_them(tmp_path):
             uncertainty_threshold=0.5,
         )
     assert result.stopped and result.n_holes == 40 and len(result.holes) == 40
-    assert len(result.energy_trace) == 0 and np.isnan(result.zpe)
+    assert len(result.energy_trace) == 0 and np.isnan(result.zpe) and np.isnan(result.zpe_error)
+    assert result.outcome == "collapsed" and not result.completed
     assert result.plot(tmp_path / "stopped.png").exists()
+
+
+def test_exploding_population():
+    """Hole detection off, and a surface 50 eV lower away from the minimum: every walker branches e^5 times."""
+    trap = HarmonicTrap(np.zeros((2, 3)), 30.0)
+
+    def sinking(positions):
+        e, f = trap(positions)
+        return e - 50.0 * (np.abs(positions).max(axis=(1, 2)) > 1e-3), f
+
+    with pytest.warns(RuntimeWarning, match="population exploded"):
+        result = run_dmc(
+            sinking, [1, 8], np.zeros((2, 3)), nwalkers=50, nsteps=40, eqsteps=10, seed=0, check=False,
+            hole_threshold=None, collapse_factor=0,
+        )  # fmt: skip
+    assert result.outcome == "exploded" and len(result.walkers) <= 500
+    assert np.isnan(result.zpe)  # no production step: NaN, not an exception
+
+
+def test_non_finite_everywhere_truncates_and_wall_time_limit():
+    trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
+
+    def nowhere(positions):
+        e, f = trap(positions)
+        return np.where(np.abs(positions).max(axis=(1, 2)) > 0, np.nan, e), f
+
+    with pytest.warns(RuntimeWarning, match="every walker had a non-finite energy at step 0"):
+        result = run_dmc(
+            nowhere, [1], np.zeros((1, 3)), nwalkers=30, nsteps=20, eqsteps=5, seed=0, check=False
+        )
+    assert result.outcome == "truncated" and set(result.hole_reasons) == {"nonfinite"}
+    assert np.isnan(result.zpe)
+    timed = run_dmc(
+        trap, [1], np.zeros((1, 3)), nwalkers=30, nsteps=200, eqsteps=5, seed=0, max_wall_time=1e-9
+    )
+    assert timed.outcome == "truncated" and "wall time" in timed.stopped and len(timed.energy_trace) == 1
+    with pytest.raises(ValueError, match="max_wall_time must be positive"):
+        run_dmc(trap, [1], np.zeros((1, 3)), max_wall_time=0)
+
+
+def test_too_few_walker_steps():
+    trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
+    kwargs = {"nwalkers": 200, "nsteps": 300, "eqsteps": 100, "seed": 1, "initial": "harmonic"}
+    default = run_dmc(trap, [1], np.zeros((1, 3)), **kwargs)
+    assert default.settings["min_walker_steps"] == 200 * 200 // 2
+    assert default.outcome == "completed", (default.outcome, default.drift)
+    short = run_dmc(trap, [1], np.zeros((1, 3)), min_walker_steps=10 * 200 * 200, **kwargs)
+    assert short.outcome == "too_short" and short.production_walker_steps < 10 * 200 * 200
+    assert short.zpe == default.zpe  # the numbers are the same; only the verdict differs
+    with pytest.raises(ValueError, match="min_walker_steps must be >= 0"):
+        run_dmc(trap, [1], np.zeros((1, 3)), min_walker_steps=-1)
 
 
 def test_blocking_error():

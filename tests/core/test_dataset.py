@@ -171,13 +171,54 @@ def test_split_is_reproducible_disjoint_and_keeps_duplicates_together():
     assert sorted(all_indices) == list(range(1000))
     groups = [set(hashes[split[name]]) for name in ("train", "valid", "test")]
     assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
-    assert abs(len(split["train"]) - 800) < 15 and abs(len(split["test"]) - 100) < 15
+    # bytes (as read from HDF5) and str give the same split
+    as_bytes = split_indices(np.array([h.encode() for h in hashes], dtype=object), (0.8, 0.1, 0.1), seed=3)
+    for name in split:
+        np.testing.assert_array_equal(split[name], as_bytes[name])
 
 
-def test_split_sizes_without_duplicates(tmp_path):
+def test_split_of_a_growing_dataset_never_moves_a_conformation():
+    old = [f"conf-{k}" for k in range(300)]
+    new = old + [f"conf-{k}" for k in range(300, 2000)]
+    first, grown = split_indices(old, seed=7), split_indices(new, seed=7)
+    for name in first:
+        np.testing.assert_array_equal(grown[name][grown[name] < 300], first[name])
+    # shuffled order and duplicates do not matter either: the split follows the hash alone
+    shuffled = np.random.default_rng(1).permutation(new + new[:50])
+    again = split_indices(shuffled, seed=7)
+    where = {h: name for name, idx in grown.items() for h in np.asarray(new)[idx]}
+    assert all(where[h] == name for name, idx in again.items() for h in shuffled[idx])
+
+
+def test_split_fractions_are_met_statistically():
+    hashes = [f"x{k}" for k in range(20_000)]
+    sizes = {k: len(v) for k, v in split_indices(hashes, (0.7, 0.2, 0.1), seed=0).items()}
+    # binomial standard deviations: ~65, ~57, ~42
+    assert abs(sizes["train"] - 14_000) < 300 and abs(sizes["valid"] - 4000) < 250
+    assert abs(sizes["test"] - 2000) < 200
+    assert len(split_indices(hashes[:100], (1.0, 0.0, 0.0))["train"]) == 100
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8])
+def test_tiny_sets_still_train_and_validate(n):
+    for seed in range(20):
+        split = split_indices([f"s{k}" for k in range(n)], seed=seed)
+        assert len(split["train"]) >= 1
+        assert len(split["valid"]) >= (1 if n >= 2 else 0)
+        assert sum(len(v) for v in split.values()) == n
+        again = split_indices([f"s{k}" for k in range(n)], seed=seed)
+        assert all(np.array_equal(split[k], again[k]) for k in split)
+    # duplicates of a single conformation cannot be split
+    assert len(split_indices(["a", "a", "a"])["train"]) == 3
+
+
+def test_split_of_a_dataset_file(tmp_path):
     arrays = make_arrays(50)
     split = Dataset(write_dataset(tmp_path / "d.h5", arrays)).split(seed=0)
-    assert [len(split[k]) for k in ("train", "valid", "test")] == [40, 5, 5]
+    assert sorted(np.concatenate(list(split.values()))) == list(range(50))
+    assert all(len(split[k]) for k in ("train", "valid"))
+    expected = split_indices(conformation_hashes(arrays), seed=0)
+    assert all(np.array_equal(split[k], expected[k]) for k in split)
     with pytest.raises(ValueError, match="fractions"):
         split_indices(["a"], (0.5, 0.6, 0.1))
 

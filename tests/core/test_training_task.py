@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from aiida_mlpes.core.dataset import write_dataset
+from aiida_mlpes.core.dataset import read_arrays, write_dataset
 from aiida_mlpes.core.models import load_model
 from aiida_mlpes.core.runner import TaskError
 from aiida_mlpes.core.training import read_curve
@@ -28,9 +28,10 @@ def test_train_task_writes_model_curve_and_metrics(workdir):
     settings = {"dataset": "dataset.h5", "model": TINY, "training": {**FAST, "max_epochs": 4}}
     result = run_train_task(settings, workdir)
     assert result["complete"] and result["stop_reason"] == "max_epochs" and result["epochs"] == 4
-    assert result["n_conformations"] == {"train": 16, "valid": 2, "test": 2}
+    expected = {k: len(v) for k, v in resolve_split(read_arrays(workdir / "dataset.h5"), None).items()}
+    assert result["n_conformations"] == expected and sum(expected.values()) == 20  # fixed keyed-hash split
     assert set(result["metrics"]) == {"valid", "test"}
-    assert result["metrics"]["test"]["energy"]["n"] == 2
+    assert result["metrics"]["test"]["energy"]["n"] == expected["test"]
     model = load_model(workdir / "model.pt")
     assert model.config.elements == [1, 7]  # taken from the dataset
     for name in ("checkpoint.pt", "learning_curve.csv", "learning_curves.png"):
@@ -62,7 +63,7 @@ def test_train_task_errors_are_task_errors(workdir):
 def test_test_task_metrics_and_plots(workdir):
     run_train_task({"dataset": "dataset.h5", "model": TINY, "training": {**FAST, "max_epochs": 2}}, workdir)
     result = run_test_task({"dataset": "dataset.h5", "model": "model.pt", "subset": "test"}, workdir)
-    assert result["n_conformations"] == 2
+    assert result["n_conformations"] == len(resolve_split(read_arrays(workdir / "dataset.h5"), None)["test"])
     assert set(result["metrics"]) >= {"energy", "forces", "dipole"}
     assert {"correlation.png", "error_histogram.png", "error_vs_energy.png", "predictions.csv"} <= set(
         result["files"]

@@ -27,6 +27,20 @@ Uncertainty: a potential may return a third value, the per-structure energy stan
 (B, N, 3) to (B,) eV (one extra call per step). A potential with an ``energies(positions) -> (B,)``
 method (or ``(energies, std)``) is called through it, skipping forces, which DMC does not need.
 
+Outcome (``DMCResult.outcome``; only ``"completed"`` runs can certify a surface):
+
+- ``"collapsed"``: the population died out (every walker removed or killed by branching);
+- ``"exploded"``: the population grew beyond ``max_population_factor * nwalkers``;
+- ``"truncated"``: stopped early for another reason: ``max_holes`` holes were found (the store is full, so
+  going on would only count), ``max_wall_time`` was reached, or every walker had a non-finite energy;
+- ``"too_short"``: ran to the end but with fewer production walker-steps (sum of the population over the
+  steps after ``eqsteps``) than ``min_walker_steps`` (default: half of ``nwalkers * (nsteps - eqsteps)``);
+- ``"drift"``: E_ref differs between the two halves of the production steps by more than three standard
+  errors (equilibration drift; increase ``eqsteps``);
+- ``"completed"``: none of these.
+
+Non-finite results are never raised: a run without production steps has ``zpe``/``zpe_error`` NaN.
+
 Public units: eV, Angstrom, amu; ``timestep`` and ``alpha`` are in atomic units (au of time, Eh).
 """
 
@@ -51,6 +65,10 @@ from aiida_mlpes.core.units import AMU_IN_ME, BOHR, HARTREE, INV_CM
 
 #: Asparagus's hole threshold, 1e-5 Eh, in eV.
 DEFAULT_HOLE_THRESHOLD = 1e-5 * HARTREE
+#: Possible values of :attr:`DMCResult.outcome`.
+OUTCOMES = ("completed", "collapsed", "exploded", "drift", "too_short", "truncated")
+#: Default ``min_walker_steps`` as a fraction of the nominal production walker-steps nwalkers*(nsteps-eqsteps).
+DEFAULT_MIN_WALKER_STEPS_FRACTION = 0.5
 #: Exponent cap for the branching weight (a walker never leaves more than ~e^5 copies in one step).
 MAX_LOG_WEIGHT = 5.0
 
@@ -73,8 +91,11 @@ class DMCResult:
         minimum_energy: V(minimum) in eV (absolute).
         harmonic_zpe: harmonic ZPE of the minimum (eV), None when not computed.
         drift: (second-half minus first-half mean of E_ref over the production steps, its error) in eV.
-        stopped: why the run stopped early (population died out or exploded), None if it ran to the end;
-            the traces then cover only the steps done (ZPE nan if none after ``eqsteps``).
+        stopped: why the run stopped early (population died out or exploded, holes or wall time limit
+            reached), None if it ran to the end; the traces then cover only the steps done (ZPE nan if none
+            after ``eqsteps``).
+        outcome: one of :data:`OUTCOMES` (see the module docstring); ``completed`` is its boolean form.
+        production_walker_steps: sum of the population over the production steps.
     """
 
     zpe: float
@@ -95,6 +116,13 @@ class DMCResult:
     wall_time: float = 0.0
     stopped: str | None = None
     drift: tuple[float, float] | None = None
+    outcome: str = "completed"
+    production_walker_steps: int = 0
+
+    @property
+    def completed(self) -> bool:
+        """True when the run completed: no collapse, explosion, truncation, drift, and long enough."""
+        return self.outcome == "completed"
 
     @property
     def zpe_cm(self) -> float:
@@ -143,6 +171,8 @@ def run_dmc(
     check: bool = True,
     max_population_factor: float = 10.0,
     initial: Literal["minimum", "harmonic"] = "minimum",
+    min_walker_steps: int | None = None,
+    max_wall_time: float | None = None,
 ) -> DMCResult:
     """Run unguided DMC from the minimum ``positions`` (Angstrom); see the module docstring.
 
@@ -156,7 +186,8 @@ def run_dmc(
         collapse_factor: fraction of the sum of covalent radii below which a pair of atoms is collapsed;
             0 disables the check. collapse_energy: eV above V(minimum) below which a collapsed walker
             is a hole.
-        max_holes: at most this many holes are stored (all are counted and removed).
+        max_holes: at most this many holes are stored; the run stops (outcome "truncated") once this many
+            were found (0: none stored, all counted and removed, the run goes on).
         batch_size: evaluate the walkers in chunks of this size (memory bound); None = one batch.
         check: verify first that ``positions`` are a minimum (harmonic analysis; ValueError if not).
         max_population_factor: the run stops (with a warning, keeping what it found) when the population
@@ -164,12 +195,22 @@ def run_dmc(
         initial: ``"minimum"`` starts every walker at ``positions`` (the paper); ``"harmonic"`` draws them
             from the harmonic ground state (the walker density of unguided DMC is psi_0, a Gaussian of
             variance 1/(m omega) per mode; modes below 50 cm^-1 are left out), which shortens equilibration.
+        min_walker_steps: production walker-steps below which a run that reached ``nsteps`` is "too_short";
+            default half of ``nwalkers * (nsteps - eqsteps)``.
+        max_wall_time: seconds after which the run stops (outcome "truncated"); None = no limit.
 
     A warning is issued when E_ref still drifts between the two halves of the production steps (more than
-    three standard errors): increase ``eqsteps``. The drift is stored in ``result.drift`` (eV).
+    three standard errors): increase ``eqsteps``. The drift is stored in ``result.drift`` (eV). Whether the
+    run can be trusted is ``result.outcome`` / ``result.completed`` (module docstring).
     """
     numbers, positions, masses = validate_system(numbers, positions, masses)
     _check_settings(nwalkers, nsteps, eqsteps, timestep, alpha, max_holes, batch_size)
+    if min_walker_steps is None:
+        min_walker_steps = int(DEFAULT_MIN_WALKER_STEPS_FRACTION * nwalkers * (nsteps - eqsteps))
+    if not min_walker_steps >= 0:
+        raise ValueError(f"min_walker_steps must be >= 0, got {min_walker_steps}")
+    if max_wall_time is not None and not max_wall_time > 0:
+        raise ValueError(f"max_wall_time must be positive (s), got {max_wall_time}")
     rng = np.random.default_rng(seed)
     alpha_au = 0.5 / timestep if alpha is None else float(alpha)
     energy_fn = _energy_function(potential, batch_size)
@@ -214,6 +255,7 @@ def run_dmc(
     population = np.empty(nsteps, dtype=np.int64)
     max_population = int(max_population_factor * nwalkers)
     stopped = None
+    outcome = "completed"
     done = 0
     start = time.perf_counter()
     for step in range(nsteps):
@@ -232,6 +274,7 @@ def run_dmc(
             diff = cart[:, pair_i] - cart[:, pair_j]
             collapsed = np.any(np.einsum("wpk,wpk->wp", diff, diff) < bound2, axis=1)
             bad |= collapsed & (v < collapse_ceiling)
+        all_nonfinite = not np.any(np.isfinite(v))
         if bad.any():
             reasons = hole_reasons(bad, v, v_min_au, threshold_au, std, uncertainty_threshold)
             hole_store.add(cart[bad], (v[bad] - v_min_au) * HARTREE, step, reasons)
@@ -242,11 +285,15 @@ def run_dmc(
         walkers, v = np.repeat(walkers, copies, axis=0), np.repeat(v, copies)
         n = len(v)
         if n == 0 or n > max_population:
+            if n == 0 and all_nonfinite:
+                outcome, why = "truncated", f"every walker had a non-finite energy at step {step}"
+            elif n == 0:
+                outcome, why = "collapsed", f"all walkers died at step {step}"
+            else:
+                outcome, why = "exploded", f"the population exploded to {n} at step {step}"
             stopped = (
-                f"all walkers died at step {step}"
-                if n == 0
-                else f"the population exploded to {n} at step {step}"
-            ) + " (time step too large, or a surface full of holes); the results cover the steps before"
+                why + " (time step too large, or a surface full of holes); the results cover the steps before"
+            )
             warnings.warn(f"DMC stopped: {stopped}", RuntimeWarning, stacklevel=2)
             walkers = walkers[:max_population]
             break
@@ -256,12 +303,27 @@ def run_dmc(
         potential_trace[step] = mean_v
         population[step] = n
         done = step + 1
+        if max_holes > 0 and hole_store.count >= max_holes and step + 1 < nsteps:
+            outcome = "truncated"
+            stopped = f"{hole_store.count} holes found by step {step} (max_holes={max_holes})"
+            break
+        if max_wall_time is not None and time.perf_counter() - start > max_wall_time and step + 1 < nsteps:
+            outcome = "truncated"
+            stopped = f"wall time limit of {max_wall_time} s reached at step {step}"
+            break
     wall = time.perf_counter() - start
 
     energy_trace, potential_trace, population = energy_trace[:done], potential_trace[:done], population[:done]
     production = energy_trace[eqsteps:]
+    production_walker_steps = int(population[eqsteps:].sum())
     drift_au = drift(production)
-    if drift_au is not None and abs(drift_au[0]) > 3 * drift_au[1]:
+    drifting = drift_au is not None and abs(drift_au[0]) > 3 * drift_au[1]
+    if outcome == "completed" and production_walker_steps < min_walker_steps:
+        outcome = "too_short"
+    elif outcome == "completed" and drifting:
+        outcome = "drift"
+    if drifting:
+        assert drift_au is not None
         warnings.warn(
             f"DMC: E_ref drifts by {drift_au[0] * HARTREE:.2e} +- {drift_au[1] * HARTREE:.1e} eV between the halves of "
             f"the production steps: not equilibrated, increase eqsteps (now {eqsteps})",
@@ -296,10 +358,15 @@ def run_dmc(
             "collapse_factor": collapse_factor,
             "collapse_energy": collapse_energy,
             "initial": initial,
+            "max_holes": max_holes,
+            "min_walker_steps": min_walker_steps,
+            "max_wall_time": max_wall_time,
         },
         wall_time=wall,
         stopped=stopped,
         drift=None if drift_au is None else (drift_au[0] * HARTREE, drift_au[1] * HARTREE),
+        outcome=outcome,
+        production_walker_steps=production_walker_steps,
     )
 
 

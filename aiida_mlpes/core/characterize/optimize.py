@@ -30,6 +30,7 @@ from aiida_mlpes.core.characterize.frequencies import (
     external_basis,
     is_translation_invariant,
     modes_from_hessian,
+    normal_modes,
 )
 from aiida_mlpes.core.potential import Potential
 
@@ -189,3 +190,84 @@ def _prfo_step(b: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
     denominator = bo - lam_n
     h[others] = -go / np.where(np.abs(denominator) > 1e-12, denominator, np.inf)
     return h
+
+
+@dataclass
+class MinimumResult(OptimizationResult):
+    """:class:`OptimizationResult` of :func:`find_minimum`, with what happened at saddle points.
+
+    ``saddle_escaped``: the optimiser first stopped at a saddle point and the structure was moved off it;
+    ``saddle_frequencies``: the imaginary frequencies (cm^-1, negative) found at each saddle, one list per
+    escape; ``saddle_energies``: the energy (eV) of each saddle; ``imaginary_frequencies``: those left at the
+    end (empty when a minimum was reached)."""
+
+    saddle_escaped: bool = False
+    saddle_frequencies: list[list[float]] | None = None
+    saddle_energies: list[float] | None = None
+    imaginary_frequencies: list[float] | None = None
+
+
+def find_minimum(
+    potential: Potential,
+    numbers: Sequence[int] | np.ndarray,
+    positions: np.ndarray,
+    masses: Sequence[float] | np.ndarray | None = None,
+    fmax: float = 1e-3,
+    steps: int = 1000,
+    optimizer: str = "BFGS",
+    imaginary_threshold: float = 20.0,
+    displacement: float = 0.1,
+    max_escapes: int = 3,
+) -> MinimumResult:
+    """Optimise to a minimum (:func:`optimize_minimum`) and make sure it is one.
+
+    After converging, the harmonic frequencies are checked. When a mode is imaginary beyond
+    ``imaginary_threshold`` cm^-1 (an optimiser can stop at a saddle point, e.g. when started from a
+    symmetric structure), the structure is displaced along the most negative mode both ways (largest atomic
+    displacement ``displacement`` Angstrom), both are re-optimised, and the lower one is kept; at most
+    ``max_escapes`` times (0: only check). ``imaginary_frequencies`` of the result lists what is left.
+    """
+    numbers, positions, masses = validate_system(numbers, positions, masses)
+    if (
+        not imaginary_threshold >= 0
+        or not displacement > 0
+        or int(max_escapes) != max_escapes
+        or max_escapes < 0
+    ):
+        raise ValueError(
+            "imaginary_threshold must be >= 0 (cm^-1), displacement > 0 (Angstrom) and max_escapes a "
+            f"non-negative integer; got {imaginary_threshold}, {displacement}, {max_escapes}"
+        )
+
+    def relax(start: np.ndarray) -> OptimizationResult:
+        return optimize_minimum(potential, numbers, start, fmax=fmax, steps=steps, optimizer=optimizer)
+
+    result = relax(positions)
+    saddles: list[list[float]] = []
+    saddle_energies: list[float] = []
+    total_steps = result.steps
+    while True:
+        modes = normal_modes(potential, numbers, result.positions, masses, project="auto")
+        imaginary = modes.imaginary(imaginary_threshold)
+        if not result.converged or len(imaginary) == 0 or len(saddles) >= max_escapes:
+            break
+        saddles.append([float(f) for f in modes.frequencies[imaginary]])
+        saddle_energies.append(result.energy)
+        vector = modes.modes[int(np.argmin(modes.frequencies))]
+        vector = vector * displacement / np.linalg.norm(vector, axis=1).max()
+        tries = [relax(result.positions + sign * vector) for sign in (1, -1)]
+        total_steps += sum(t.steps for t in tries)
+        converged = [t for t in tries if t.converged] or tries
+        result = min(converged, key=lambda t: t.energy)
+    return MinimumResult(
+        positions=result.positions,
+        energy=result.energy,
+        max_force=result.max_force,
+        steps=total_steps,
+        converged=result.converged,
+        modes=modes,
+        saddle_escaped=bool(saddles),
+        saddle_frequencies=saddles,
+        saddle_energies=saddle_energies,
+        imaginary_frequencies=[float(f) for f in modes.frequencies[imaginary]],
+    )

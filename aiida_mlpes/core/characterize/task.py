@@ -8,19 +8,23 @@ Settings (``input.json``; file names relative to the working directory):
   ``ts_structure``: optional extxyz file with the transition state (or a guess with ``tasks.optimize_ts``);
 - ``charge`` (e), ``masses`` (amu, optional; e.g. isotopes), ``threads``, ``source`` (stored with holes);
 - ``tasks``: a dict whose keys choose what runs, in this order, each mapping to the keyword options of its
-  function: ``optimize`` (:func:`optimize_minimum`), ``optimize_ts`` (:func:`optimize_ts`), ``frequencies``
-  (:func:`normal_modes`, applied to the minimum and the TS), ``mep`` (:func:`minimum_energy_path`), ``mdp``
-  (:func:`minimum_dynamic_path`), ``dmc`` (:func:`run_dmc`). MEP and MDP need a TS.
+  function: ``optimize`` (:func:`find_minimum`: optimise, then move off a saddle point if the optimiser stopped
+  at one), ``optimize_ts`` (:func:`optimize_ts`; the result must have exactly one imaginary mode),
+  ``frequencies`` (:func:`normal_modes`, applied to the minimum and the TS), ``mep`` (:func:`minimum_energy_path`),
+  ``mdp`` (:func:`minimum_dynamic_path`), ``dmc`` (:func:`run_dmc`), ``explore`` (:func:`explore`: candidate
+  geometries from the final DMC walkers, when DMC ran, and MD on the surface). MEP and MDP need a TS.
 
 Outputs: ``minimum.xyz`` (and ``ts.xyz``), ``mep.extxyz``/``mep.png``, ``mdp.extxyz``/``mdp.png``,
 ``dmc.png``/``dmc.npz`` (traces, hole energies/steps/reasons, final walkers), ``holes.h5`` (unlabelled
-dataset of the hole geometries, only when DMC found holes); the returned dict goes into ``result.json``.
-Units: eV, Angstrom, amu, cm^-1.
+dataset of the hole geometries, only when DMC found holes), ``candidates.h5`` (unlabelled dataset of the
+explore candidates, when there are any); the returned dict goes into ``result.json``, with every
+non-finite number replaced by ``None`` (JSON null). Units: eV, Angstrom, amu, cm^-1.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,23 +32,26 @@ from typing import Any
 import numpy as np
 
 from aiida_mlpes.core.characterize.dmc import run_dmc
+from aiida_mlpes.core.characterize.explore import explore
 from aiida_mlpes.core.characterize.frequencies import normal_modes
 from aiida_mlpes.core.characterize.mdp import minimum_dynamic_path
 from aiida_mlpes.core.characterize.mep import minimum_energy_path
-from aiida_mlpes.core.characterize.optimize import optimize_minimum, optimize_ts
+from aiida_mlpes.core.characterize.optimize import find_minimum, optimize_ts
+from aiida_mlpes.core.characterize.stationary import IMAGINARY_TOLERANCE
 from aiida_mlpes.core.units import INV_CM
 
 #: Task name -> function whose keyword options it accepts (in the order the tasks run).
 TASK_FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "optimize": optimize_minimum,
+    "optimize": find_minimum,
     "optimize_ts": optimize_ts,
     "frequencies": normal_modes,
     "mep": minimum_energy_path,
     "mdp": minimum_dynamic_path,
     "dmc": run_dmc,
+    "explore": explore,
 }
 #: Arguments the task fills in itself (never user options).
-FIXED_ARGUMENTS = {"potential", "numbers", "positions", "ts_positions", "masses", "uncertainty"}
+FIXED_ARGUMENTS = {"potential", "numbers", "positions", "ts_positions", "masses", "uncertainty", "walkers"}
 SETTINGS_KEYS = {"driver", "structure", "ts_structure", "charge", "masses", "threads", "source", "tasks"}
 FILES = {
     "minimum": "minimum.xyz",
@@ -56,6 +63,7 @@ FILES = {
     "dmc_plot": "dmc.png",
     "dmc": "dmc.npz",
     "holes": "holes.h5",
+    "candidates": "candidates.h5",
 }
 
 
@@ -144,9 +152,25 @@ def run_characterize_task(settings: dict[str, Any], workdir: Path) -> dict[str, 
     with_std = tasks.get("dmc", {}).get("uncertainty_threshold") is not None
     try:
         potential = make_potential(settings["driver"], numbers, charge, workdir, with_std)
-        return _run(tasks, potential, numbers, atoms.positions, ts_atoms, masses, charge, settings, workdir)
+        result = _run(tasks, potential, numbers, atoms.positions, ts_atoms, masses, charge, settings, workdir)
     except ValueError as exc:
         raise TaskError(str(exc)) from None
+    return finite_or_none(result)
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, recursively (JSON null)."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return finite_or_none(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _run(
@@ -162,13 +186,21 @@ def _run(
 ) -> dict[str, Any]:
     result: dict[str, Any] = {}
     if "optimize" in tasks:
-        opt = optimize_minimum(potential, numbers, positions, **tasks["optimize"])
+        opt = find_minimum(potential, numbers, positions, masses, **tasks["optimize"])
         if not opt.converged:
             raise ValueError(
                 f"the minimum optimisation did not converge in {opt.steps} steps (max force {opt.max_force:.3g} eV/A)"
             )
         positions = opt.positions
-        result["optimize"] = {"energy": opt.energy, "max_force": opt.max_force, "steps": opt.steps}
+        result["optimize"] = {
+            "energy": opt.energy,
+            "max_force": opt.max_force,
+            "steps": opt.steps,
+            "saddle_escaped": opt.saddle_escaped,
+            "saddle_frequencies": opt.saddle_frequencies,
+            "saddle_energies": opt.saddle_energies,
+            "imaginary_frequencies": opt.imaginary_frequencies,
+        }
     energy, forces = (np.asarray(v)[0] for v in potential(positions[None])[:2])
     result["minimum"] = {"energy": float(energy), "max_force": float(np.linalg.norm(forces, axis=1).max())}
     _write(workdir / FILES["minimum"], numbers, positions, float(energy))
@@ -181,8 +213,21 @@ def _run(
             raise ValueError(
                 f"the TS optimisation did not converge in {ts.steps} steps (max force {ts.max_force:.3g} eV/A)"
             )
+        assert ts.modes is not None  # optimize_ts always returns the final harmonic analysis
+        imaginary = ts.modes.frequencies[ts.modes.imaginary(IMAGINARY_TOLERANCE)]
+        if len(imaginary) != 1:
+            listed = ", ".join(f"{-f:.1f}i" for f in imaginary) or "none"
+            raise ValueError(
+                f"the optimised transition state has {len(imaginary)} imaginary frequencies ({listed} cm^-1) "
+                "on this surface; a transition state needs exactly one (check the TS guess)"
+            )
         ts_positions = ts.positions
-        result["optimize_ts"] = {"energy": ts.energy, "max_force": ts.max_force, "steps": ts.steps}
+        result["optimize_ts"] = {
+            "energy": ts.energy,
+            "max_force": ts.max_force,
+            "steps": ts.steps,
+            "imaginary_frequency": float(imaginary[0]),
+        }
     if ts_positions is not None:
         ts_energy = float(np.asarray(potential(ts_positions[None])[0])[0])
         result["ts"] = {"energy": ts_energy, "barrier": ts_energy - float(energy)}
@@ -229,7 +274,7 @@ def _run(
             walkers=dmc.walkers,
         )
         if len(dmc.holes):
-            _write_holes(
+            _write_unlabelled(
                 workdir / FILES["holes"], numbers, dmc.holes, charge, str(settings.get("source", ""))
             )
         result["dmc"] = {
@@ -244,6 +289,34 @@ def _run(
             "walker_steps_per_second": dmc.walker_steps_per_second,
             "wall_time_s": dmc.wall_time,
             "settings": dmc.settings,
+            "outcome": dmc.outcome,
+            "completed": dmc.completed,
+            "stopped": dmc.stopped,
+            "drift": None if dmc.drift is None else list(dmc.drift),
+            "production_walker_steps": dmc.production_walker_steps,
+            "n_steps_done": len(dmc.energy_trace),
+            "n_walkers_final": len(dmc.walkers),
+        }
+    if "explore" in tasks:
+        walkers = dmc.walkers if "dmc" in tasks else None
+        found = explore(potential, numbers, positions, masses, walkers=walkers, **tasks["explore"])
+        if len(found):
+            _write_unlabelled(
+                workdir / FILES["candidates"],
+                numbers,
+                found.positions,
+                charge,
+                str(settings.get("source", "")),
+            )
+        result["explore"] = {
+            "n_candidates": len(found),
+            "counts": found.counts,
+            "origin": found.origin.tolist(),
+            "energies": found.energies.tolist(),
+            "force_std_max": None if found.force_std_max is None else found.force_std_max.tolist(),
+            "pool_force_std": found.pool_force_std,
+            "md": found.md,
+            "settings": found.settings,
         }
     result["files"] = sorted(p.name for p in workdir.iterdir() if p.name in FILES.values())
     return result
@@ -259,7 +332,7 @@ def _write(path: Path, numbers: np.ndarray, positions: np.ndarray, energy: float
     write(path, atoms, format="extxyz")
 
 
-def _write_holes(path: Path, numbers: np.ndarray, holes: np.ndarray, charge: float, source: str) -> None:
+def _write_unlabelled(path: Path, numbers: np.ndarray, holes: np.ndarray, charge: float, source: str) -> None:
     from aiida_mlpes.core.dataset import write_dataset
     from aiida_mlpes.core.ragged import RaggedArrays
 
