@@ -252,10 +252,7 @@ class ConstructPESWorkChain(WorkChain):
         if has_ts:
             out.setdefault("optimize_ts", {})
             out.setdefault("mep", {})
-        from aiida_mlpes.core.characterize.task import TASK_FUNCTIONS  # TEMP until the explore task lands
-
-        if "explore" in TASK_FUNCTIONS:
-            out["explore"] = {"n_candidates": settings.n_candidates, **dict(out.get("explore") or {})}
+        out["explore"] = {"n_candidates": settings.n_candidates, **dict(out.get("explore") or {})}
         return out
 
     # ---------------------------------------------------------------------------------------------------------
@@ -382,7 +379,7 @@ class ConstructPESWorkChain(WorkChain):
         self.ctx.timings = {}
 
     @property
-    def loop(self) -> LoopSettings:
+    def knobs(self) -> LoopSettings:
         return LoopSettings.model_validate(self.ctx.settings)
 
     def _fail(self, exit_code):
@@ -436,7 +433,7 @@ class ConstructPESWorkChain(WorkChain):
         inputs.update(structures=structures, charge=self.inputs.charge, multiplicity=self.inputs.multiplicity)
         if indices is not None:
             inputs["indices"] = orm.List(indices)
-            inputs["min_distance"] = orm.Float(self.loop.hole_min_distance)
+            inputs["min_distance"] = orm.Float(self.knobs.hole_min_distance)
         inputs.setdefault("metadata", {})["call_link_label"] = label
         return self.submit(ReferenceWorkChain, **inputs)
 
@@ -480,22 +477,22 @@ class ConstructPESWorkChain(WorkChain):
     def should_iterate(self) -> bool:
         if self.ctx.converged:
             return False
-        return self.ctx.iteration < self.loop.max_iterations
+        return self.ctx.iteration < self.knobs.max_iterations
 
     def _train_settings(self, fine_tune: bool) -> dict[str, Any]:
         settings = (
             copy.deepcopy(self.inputs.train.settings.get_dict()) if "settings" in self.inputs.train else {}
         )
-        settings["committee_size"] = self.loop.committee_size
+        settings["committee_size"] = self.knobs.committee_size
         if fine_tune:
             training = dict(settings.get("training") or {})
             defaults = TrainingConfig()
             training["learning_rate"] = (
                 training.get("learning_rate", defaults.learning_rate)
-                * self.loop.fine_tune_learning_rate_factor
+                * self.knobs.fine_tune_learning_rate_factor
             )
             epochs = training.get("max_epochs", defaults.max_epochs)
-            training["max_epochs"] = max(1, math.ceil(epochs * self.loop.fine_tune_epoch_factor))
+            training["max_epochs"] = max(1, math.ceil(epochs * self.knobs.fine_tune_epoch_factor))
             settings["training"] = training
         return settings
 
@@ -503,7 +500,7 @@ class ConstructPESWorkChain(WorkChain):
         scratch = self.ctx.retrain_scratch
         if not scratch:
             self.ctx.iteration += 1
-        fine_tune = self.ctx.model is not None and self.loop.retraining == "fine_tune" and not scratch
+        fine_tune = self.ctx.model is not None and self.knobs.retraining == "fine_tune" and not scratch
         inputs = self.exposed_inputs(TrainCalculation, namespace="train")
         inputs["dataset"] = self.ctx.dataset
         inputs["settings"] = orm.Dict(self._train_settings(fine_tune))
@@ -513,7 +510,7 @@ class ConstructPESWorkChain(WorkChain):
         inputs.setdefault("metadata", {})["call_link_label"] = f"train_{k}" + ("_scratch" if scratch else "")
         how = "from scratch" if not fine_tune else "fine-tuning the previous committee"
         self.report(
-            f"iteration {k}: training a committee of {self.loop.committee_size} on "
+            f"iteration {k}: training a committee of {self.knobs.committee_size} on "
             f"{self.ctx.dataset.n_conformations} conformations ({how})"
         )
         self.ctx.fine_tuned = fine_tune
@@ -540,12 +537,16 @@ class ConstructPESWorkChain(WorkChain):
             "model": self.ctx.model,
             "dataset": dataset,
             "settings": orm.Dict({"subset": subset, **self._split()}),
-            "metadata": {
-                "call_link_label": label,
-                "options": dict(self.inputs.train.get("metadata", {}).get("options", {})),
-            },
+            "metadata": {"call_link_label": label, "options": self._test_options()},
         }
         return self.submit(ModelTestCalculation, **inputs)
+
+    def _test_options(self) -> dict[str, Any]:
+        """The training job's scheduler options, without what belongs to mlpes.train itself (its parser)."""
+        options = dict(self.inputs.train.get("metadata", {}).get("options", {}))
+        for own in ("parser_name", "input_filename", "output_filename"):
+            options.pop(own, None)
+        return options
 
     def _split(self) -> dict[str, Any]:
         settings = self.inputs.train.settings.get_dict() if "settings" in self.inputs.train else {}
@@ -566,7 +567,7 @@ class ConstructPESWorkChain(WorkChain):
         self.ctx.test_metrics = metrics
         worse = self._worse_than_parent(metrics)
         self.ctx.retrain_scratch = bool(
-            self.ctx.fine_tuned and self.loop.scratch_fallback and worse and not self.ctx.retrain_scratch
+            self.ctx.fine_tuned and self.knobs.scratch_fallback and worse and not self.ctx.retrain_scratch
         )
         if self.ctx.retrain_scratch:
             self.report(
@@ -594,7 +595,7 @@ class ConstructPESWorkChain(WorkChain):
         self.ctx.retrain_scratch = False
         self.ctx.parent_test = self.ctx.test_metrics
         inputs = self.exposed_inputs(CharacterizeCalculation, namespace="characterize")
-        tasks = self._tasks(inputs["tasks"].get_dict(), self.ctx.ts_structure is not None, self.loop)
+        tasks = self._tasks(inputs["tasks"].get_dict(), self.ctx.ts_structure is not None, self.knobs)
         if "seed" in tasks["dmc"]:  # a new random stream each iteration, reproducible from the input seed
             tasks["dmc"]["seed"] = int(tasks["dmc"]["seed"]) + self.ctx.iteration
         inputs["tasks"] = orm.Dict(tasks)
@@ -636,12 +637,12 @@ class ConstructPESWorkChain(WorkChain):
 
         arrays = holes.get_arrays()
         problems = structure_problems(
-            arrays, self.inputs.charge.value, self.inputs.multiplicity.value, self.loop.hole_min_distance, 118
+            arrays, self.inputs.charge.value, self.inputs.multiplicity.value, self.knobs.hole_min_distance, 118
         )
         usable = [i for i in range(len(arrays)) if i not in problems]
         if problems:
             self.report(f"{len(problems)} holes skipped (e.g. {next(iter(problems.values()))})")
-        cap = self.loop.max_holes_labelled
+        cap = self.knobs.max_holes_labelled
         if len(usable) > cap:
             n = int(arrays.n_atoms[0])
             positions = arrays.select(usable).positions.reshape(len(usable), n, 3)
@@ -657,8 +658,8 @@ class ConstructPESWorkChain(WorkChain):
         )
         geometries = functions.validation_structures(
             node.outputs.minimum,
-            orm.Float(self.loop.finite_difference_step),
-            orm.Bool(self.loop.validate_frequencies),
+            orm.Float(self.knobs.finite_difference_step),
+            orm.Bool(self.knobs.validate_frequencies),
             **extra,
             metadata={"call_link_label": f"validation_structures_{k}"},
         )
@@ -713,8 +714,8 @@ class ConstructPESWorkChain(WorkChain):
                 self.ctx.new_labels["validation"],
                 node.outputs.minimum,
                 node.outputs.results,
-                orm.Float(self.loop.finite_difference_step),
-                orm.Bool(self.loop.validate_frequencies),
+                orm.Float(self.knobs.finite_difference_step),
+                orm.Bool(self.knobs.validate_frequencies),
                 **extra,
                 metadata={"call_link_label": f"validate_{k}"},
             )
@@ -740,7 +741,7 @@ class ConstructPESWorkChain(WorkChain):
             score = functions.score_new_labels(
                 test.outputs.predictions,
                 orm.Str(kind),
-                orm.Float(self.loop.tolerances.hole_confirmation),
+                orm.Float(self.knobs.tolerances.hole_confirmation),
                 orm.Float(reference_min if reference_min is not None else float("nan")),
                 metadata={"call_link_label": f"score_{kind}_{k}"},
             )
@@ -769,7 +770,7 @@ class ConstructPESWorkChain(WorkChain):
         self.ctx.previous = record
         verdict = record.get_dict()
         self.ctx.failing = [name for name, c in verdict["criteria"].items() if not c["passed"]]
-        self.ctx.converged = verdict["converged"] and k >= self.loop.min_iterations
+        self.ctx.converged = verdict["converged"] and k >= self.knobs.min_iterations
         self.report(
             f"iteration {k}: "
             + ", ".join(
