@@ -14,6 +14,7 @@ from ase.build import molecule
 
 from aiida_mlpes.core.ragged import RaggedArrays
 from aiida_mlpes.data.dataset import PESDataset
+from aiida_mlpes.data.model import PESModel
 from aiida_mlpes.workflows.construct_pes import ConstructPESWorkChain
 
 
@@ -131,3 +132,80 @@ def test_needs_samples_or_a_dataset(codes):
     builder.sample = {}
     with pytest.raises(ValueError, match="give `sample` inputs, an `initial_dataset`, or both"):
         run_get_node(builder)
+
+
+def planted_hole_builder(codes):
+    """H2 whose first committee saw only a sliver of bond lengths (NMS at 30 K): its members disagree where DMC
+    walkers go, so the first DMC must flag holes; labelling them teaches the committee that region."""
+    overrides = {
+        "settings": {
+            "max_iterations": 3,
+            "min_iterations": 1,
+            "committee_size": 2,
+            "n_candidates": 6,
+            "max_holes_labelled": 12,
+            "validate_frequencies": False,
+        },
+        "sample": {"parameters": {"n_samples": 10, "temperature": 30.0, "optimize": True}, "seed": 3},
+        "train": {
+            "model": {"n_features": 16, "n_rbf": 16, "n_blocks": 1, "cutoff": 4.0, "predict_charges": False},
+            "training": {"max_epochs": 150, "batch_size": 8, "threads": 1, "early_stopping_patience": None},
+        },
+        "characterize": {
+            "tasks": {
+                "optimize": {"fmax": 0.005},
+                "frequencies": {},
+                "dmc": {
+                    "nwalkers": 200,
+                    "nsteps": 300,
+                    "eqsteps": 100,
+                    "seed": 0,
+                    "uncertainty_threshold": 0.1,
+                },
+                "explore": {"md_steps": 60},
+            }
+        },
+    }
+    return ConstructPESWorkChain.get_builder_from_protocol(
+        codes,
+        orm.StructureData(ase=Atoms("H2", positions=[(0, 0, 0), (0, 0, 0.74)])),
+        protocol="fast",
+        overrides=overrides,
+    )
+
+
+@pytest.mark.slow
+def test_a_planted_hole_is_found_labelled_and_closed(codes, tmp_path):
+    results, node = run_get_node(planted_hole_builder(codes))
+    assert node.exit_status in (0, 410), node.exit_message
+    history = results["history"]["iterations"]
+    assert history[0]["holes"]["found"] > 0 and history[0]["holes"]["labelled"] > 0
+    assert any(record["holes"]["found"] == 0 for record in history[1:]), [r["holes"] for r in history]
+    # the retraining fine-tuned the first committee, on data that hold the labelled holes
+    trainings = [c for c in node.called if c.process_label == "TrainCalculation"]
+    assert "parent_model" in trainings[1].inputs
+    labelled_holes = (
+        node.base.links.get_outgoing(link_label_filter="label_holes_1").one().node.outputs.dataset
+    )
+    hashes = set(trainings[1].inputs.dataset.get_arrays().hash)
+    assert set(labelled_holes.get_arrays().hash) <= hashes
+    # the final model's provenance reaches every reference calculation whose labels it trained on
+    model = results["model"]
+    ancestors = (
+        orm.QueryBuilder()
+        .append(PESModel, filters={"id": model.pk}, tag="model")
+        .append(
+            orm.CalcJobNode,
+            with_descendants="model",
+            filters={"attributes.process_label": "XtbCalculation"},
+            project="id",
+        )
+        .all(flat=True)
+    )
+    before = {
+        n.pk
+        for n in node.called_descendants
+        if n.process_label == "XtbCalculation" and n.ctime < trainings[-1].ctime
+    }
+    assert before and set(ancestors) == before
+    assert history[-1]["model_uuid"] == model.uuid
