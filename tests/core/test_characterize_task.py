@@ -182,6 +182,7 @@ def test_water_from_a_saddle_dmc_outcome_and_candidates(water_dir):
     assert explored["n_candidates"] == 8 and explored["force_std_max"] is None
     assert explored["counts"]["pool_dmc"] == dmc["n_walkers_final"] and explored["counts"]["pool_md"] == 10
     assert len(explored["origin"]) == len(explored["energies"]) == 8
+    assert explored["counts"]["selected_dmc"] == explored["counts"]["selected_md"] == 4
     from aiida_mlpes.core.dataset import read_arrays
 
     candidates = read_arrays(water_dir / "candidates.h5")
