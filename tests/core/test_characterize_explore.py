@@ -130,6 +130,21 @@ def test_explore_with_a_committee_uses_the_sparc_window():
     walkers = minimum + rng.normal(scale=0.05, size=(300, 3, 3))
     deviation = force_deviation(committee, walkers)
     assert deviation.shape == (300,) and (deviation >= 0).all()
+
+    class PerAtom:
+        def evaluate(self, positions):
+            return {"forces_std": np.tile([[0.1, 0.3, 0.2]], (len(positions), 1))}  # (B, N) per atom
+
+    class Direct:
+        def evaluate(self, positions):
+            return {
+                "forces_std_max": np.full(len(positions), 0.7),
+                "forces_std": np.zeros((len(positions), 3, 3)),
+            }
+
+    np.testing.assert_allclose(force_deviation(PerAtom(), walkers[:4]), 0.3)
+    np.testing.assert_allclose(force_deviation(Direct(), walkers[:4]), 0.7)  # the committee's own figure wins
+    assert force_deviation(water_surface(), walkers) is None
     window = (0.05, np.quantile(deviation, 0.8))
     found = explore(committee, WATER, minimum, walkers=walkers, n_candidates=10, md_steps=0, window=window)
     assert len(found) == 10 and found.settings["committee"]

@@ -72,7 +72,7 @@ def force_deviation(potential: Any, positions: np.ndarray, chunk: int = 1024) ->
     """Committee max per-atom force deviation (B,) eV/Angstrom, or None when the potential is not a committee.
 
     Uses ``potential.evaluate(positions)`` and its ``forces_std_max`` (B,), or derives it from ``forces_std``
-    (B, N, 3) per Cartesian component as max over atoms of ``sqrt(sum_xyz std^2)``."""
+    (B, N, 3) per Cartesian component as max over atoms of ``sqrt(sum_xyz std^2)`` ((B, N): per atom already)."""
     evaluate_fn = getattr(potential, "evaluate", None)
     if not callable(evaluate_fn) or len(positions) == 0:
         return None
@@ -85,7 +85,8 @@ def force_deviation(potential: Any, positions: np.ndarray, chunk: int = 1024) ->
             parts.append(np.asarray(out["forces_std_max"], dtype=float).reshape(-1))
         elif "forces_std" in out:
             std = np.asarray(out["forces_std"], dtype=float)
-            parts.append(np.sqrt((std**2).sum(axis=-1)).max(axis=-1))
+            per_atom = np.sqrt((std**2).sum(axis=-1)) if std.ndim == 3 else std  # (B, N, 3) or (B, N)
+            parts.append(per_atom.max(axis=-1))
         else:
             return None
     return np.concatenate(parts)
