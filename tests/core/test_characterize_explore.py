@@ -108,13 +108,17 @@ def test_explore_without_committee_mixes_dmc_walkers_and_md_frames():
     found = explore(surface, WATER, minimum, **kwargs)
     assert len(found) == 12 and found.force_std_max is None
     assert found.counts["pool_dmc"] == len(dmc.walkers) and found.counts["pool_md"] == 20
-    assert found.counts["selected_dmc"] + found.counts["selected_md"] == 12
+    assert found.counts["selected_dmc"] == found.counts["selected_md"] == 6  # md_fraction 0.5
     assert found.md["frames"] == 20 and not found.md["failed"]
     assert set(found.origin) <= {"dmc", "md"} and (found.energies > 0).all()
     again = explore(surface, WATER, minimum, **kwargs)
     np.testing.assert_array_equal(found.positions, again.positions)  # same seed, same candidates
     other = explore(surface, WATER, minimum, **{**kwargs, "seed": 4})
     assert not np.array_equal(found.positions, other.positions)
+    walkers_only = explore(surface, WATER, minimum, **{**kwargs, "md_fraction": 0.0})
+    assert walkers_only.counts["selected_dmc"] == 12
+    topped_up = explore(surface, WATER, minimum, **{**kwargs, "n_candidates": 30, "md_fraction": 1.0})
+    assert topped_up.counts["selected_md"] == 20 and topped_up.counts["selected_dmc"] == 10
     md_only = explore(surface, WATER, minimum, n_candidates=5, md_steps=40, seed=0)
     assert len(md_only) == 5 and set(md_only.origin) == {"md"}
 
@@ -126,6 +130,21 @@ def test_explore_with_a_committee_uses_the_sparc_window():
     walkers = minimum + rng.normal(scale=0.05, size=(300, 3, 3))
     deviation = force_deviation(committee, walkers)
     assert deviation.shape == (300,) and (deviation >= 0).all()
+
+    class PerAtom:
+        def evaluate(self, positions):
+            return {"forces_std": np.tile([[0.1, 0.3, 0.2]], (len(positions), 1))}  # (B, N) per atom
+
+    class Direct:
+        def evaluate(self, positions):
+            return {
+                "forces_std_max": np.full(len(positions), 0.7),
+                "forces_std": np.zeros((len(positions), 3, 3)),
+            }
+
+    np.testing.assert_allclose(force_deviation(PerAtom(), walkers[:4]), 0.3)
+    np.testing.assert_allclose(force_deviation(Direct(), walkers[:4]), 0.7)  # the committee's own figure wins
+    assert force_deviation(water_surface(), walkers) is None
     window = (0.05, np.quantile(deviation, 0.8))
     found = explore(committee, WATER, minimum, walkers=walkers, n_candidates=10, md_steps=0, window=window)
     assert len(found) == 10 and found.settings["committee"]
@@ -161,6 +180,7 @@ def test_explore_drops_non_finite_structures_and_checks_options():
     assert np.isfinite(found.energies).all()
     for kwargs, match in [
         ({"window": (0.5, 0.1)}, "window must be"),
+        ({"md_fraction": 1.5}, "md_fraction must be in"),
         ({"n_candidates": -1}, "n_candidates"),
         ({"temperature": 0}, "temperature must be positive"),
         ({"md_steps": 10, "md_save_interval": 20}, "md_save_interval"),

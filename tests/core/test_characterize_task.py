@@ -165,7 +165,7 @@ def test_water_from_a_saddle_dmc_outcome_and_candidates(water_dir):
     tasks = {
         "optimize": {"fmax": 1e-3},
         "frequencies": {},
-        "dmc": {"nwalkers": 20, "nsteps": 12, "eqsteps": 4, "seed": 1, "initial": "harmonic"},
+        "dmc": {"nwalkers": 12, "nsteps": 10, "eqsteps": 2, "seed": 1, "initial": "harmonic"},
         "explore": {"n_candidates": 8, "md_steps": 40, "md_save_interval": 4, "seed": 2},
     }
     result = run_characterize_task(_water_settings(tasks), water_dir)
@@ -175,13 +175,14 @@ def test_water_from_a_saddle_dmc_outcome_and_candidates(water_dir):
     assert opt["energy"] < opt["saddle_energies"][0]
     assert len(result["frequencies"]["minimum"]) == 3 and min(result["frequencies"]["minimum"]) > 1000
     dmc = result["dmc"]
-    assert dmc["outcome"] in ("completed", "too_short", "drift") and dmc["n_steps_done"] == 12
+    assert dmc["outcome"] in ("completed", "too_short", "drift") and dmc["n_steps_done"] == 10
     assert dmc["completed"] == (dmc["outcome"] == "completed")
-    assert dmc["production_walker_steps"] > 0 and dmc["settings"]["min_walker_steps"] == 20 * 8 // 2
+    assert dmc["production_walker_steps"] > 0 and dmc["settings"]["min_walker_steps"] == 12 * 8 // 2
     explored = result["explore"]
     assert explored["n_candidates"] == 8 and explored["force_std_max"] is None
     assert explored["counts"]["pool_dmc"] == dmc["n_walkers_final"] and explored["counts"]["pool_md"] == 10
     assert len(explored["origin"]) == len(explored["energies"]) == 8
+    assert explored["counts"]["selected_dmc"] == explored["counts"]["selected_md"] == 4
     from aiida_mlpes.core.dataset import read_arrays
 
     candidates = read_arrays(water_dir / "candidates.h5")

@@ -13,7 +13,11 @@ Selection:
   uncertain is taken first and the rest by weighted farthest-point sampling (uncertain *and* diverse). When
   the window holds fewer than ``n_candidates`` and ``fill`` is set, the quota is filled with diverse structures
   from below the window (confidently predicted ones still test the model);
-- without a committee: farthest-point sampling over the whole pool.
+- without a committee: farthest-point sampling.
+
+Each source gets its share of the quota (``md_fraction`` from MD, the rest from the DMC walkers), so the wide
+DMC population (psi_0 reaches further than classical MD at moderate temperatures) cannot crowd out the MD
+frames; farthest-point sampling favours the outskirts of each source.
 
 Structures whose model energy is not finite are dropped. Units: eV, Angstrom, K, fs.
 """
@@ -68,7 +72,7 @@ def force_deviation(potential: Any, positions: np.ndarray, chunk: int = 1024) ->
     """Committee max per-atom force deviation (B,) eV/Angstrom, or None when the potential is not a committee.
 
     Uses ``potential.evaluate(positions)`` and its ``forces_std_max`` (B,), or derives it from ``forces_std``
-    (B, N, 3) per Cartesian component as max over atoms of ``sqrt(sum_xyz std^2)``."""
+    (B, N, 3) per Cartesian component as max over atoms of ``sqrt(sum_xyz std^2)`` ((B, N): per atom already)."""
     evaluate_fn = getattr(potential, "evaluate", None)
     if not callable(evaluate_fn) or len(positions) == 0:
         return None
@@ -81,7 +85,8 @@ def force_deviation(potential: Any, positions: np.ndarray, chunk: int = 1024) ->
             parts.append(np.asarray(out["forces_std_max"], dtype=float).reshape(-1))
         elif "forces_std" in out:
             std = np.asarray(out["forces_std"], dtype=float)
-            parts.append(np.sqrt((std**2).sum(axis=-1)).max(axis=-1))
+            per_atom = np.sqrt((std**2).sum(axis=-1)) if std.ndim == 3 else std  # (B, N, 3) or (B, N)
+            parts.append(per_atom.max(axis=-1))
         else:
             return None
     return np.concatenate(parts)
@@ -101,6 +106,7 @@ def explore(
     md_friction: float = 0.02,
     window: Sequence[float] = DEFAULT_WINDOW,
     fill: bool = True,
+    md_fraction: float = 0.5,
     seed: int = 0,
 ) -> ExploreResult:
     """Collect a pool (``walkers`` (W, N, 3) Angstrom, e.g. ``DMCResult.walkers``, plus MD frames) and select
@@ -112,10 +118,14 @@ def explore(
             kept; ``md_friction`` Langevin friction (1/fs). ``md_steps=0`` skips MD.
         window: [low, high] committee force deviation (eV/Angstrom) for the selection.
         fill: fill the quota from below the window when the window holds too few (committee only).
+        md_fraction: share of the candidates taken from the MD frames (the rest from the DMC walkers) when
+            both exist; a source with too few candidates leaves its share to the other.
         seed: seeds the MD and the selection (same inputs, same candidates).
     """
     numbers, positions, masses = validate_system(numbers, positions, masses)
     low, high = _check_options(n_candidates, temperature, md_steps, md_timestep, md_save_interval, window)
+    if not 0 <= md_fraction <= 1:
+        raise ValueError(f"md_fraction must be in [0, 1], got {md_fraction}")
     pool: list[np.ndarray] = []
     origin: list[str] = []
     md_summary: dict[str, Any] = {}
@@ -150,13 +160,12 @@ def explore(
         deviation = deviation[keep]
 
     pool_std: dict[str, float] = {}
-    if deviation is None:
-        chosen = select_diverse(numbers, all_positions, n_candidates, seed=seed)
-    else:
+    if deviation is not None:
         below, above = deviation < low, deviation > high
-        inside = ~below & ~above
         counts.update(
-            below_window=int(below.sum()), in_window=int(inside.sum()), above_window=int(above.sum())
+            below_window=int(below.sum()),
+            in_window=int((~below & ~above).sum()),
+            above_window=int(above.sum()),
         )
         if len(deviation):
             pool_std = {
@@ -164,12 +173,31 @@ def explore(
                 "median": float(np.median(deviation)),
                 "max": float(deviation.max()),
             }
-        idx_in = np.flatnonzero(inside)
-        chosen = idx_in[select_diverse(numbers, all_positions[idx_in], n_candidates, seed, deviation[idx_in])]
-        if fill and len(chosen) < n_candidates:
-            idx_below = np.flatnonzero(below)
-            extra = select_diverse(numbers, all_positions[idx_below], n_candidates - len(chosen), seed)
-            chosen = np.concatenate([chosen, idx_below[extra]])
+
+    def pick(members: np.ndarray, quota: int) -> np.ndarray:
+        """Up to ``quota`` of the pool indices ``members`` (window rule with a committee, else diverse)."""
+        if deviation is None:
+            return members[select_diverse(numbers, all_positions[members], quota, seed)]
+        inside = members[(deviation[members] >= low) & (deviation[members] <= high)]
+        chosen = inside[select_diverse(numbers, all_positions[inside], quota, seed, deviation[inside])]
+        if fill and len(chosen) < quota:
+            lower = members[deviation[members] < low]
+            chosen = np.concatenate(
+                [chosen, lower[select_diverse(numbers, all_positions[lower], quota - len(chosen), seed)]]
+            )
+        return chosen
+
+    dmc_pool, md_pool = np.flatnonzero(all_origin == "dmc"), np.flatnonzero(all_origin == "md")
+    md_quota = round(n_candidates * md_fraction) if len(dmc_pool) and len(md_pool) else n_candidates
+    dmc_part, md_part = pick(dmc_pool, n_candidates - md_quota), pick(md_pool, md_quota)
+    # a source that cannot fill its share leaves the rest to the other (a longer greedy pick extends a shorter one)
+    if len(md_part) < md_quota:
+        dmc_part = pick(dmc_pool, n_candidates - len(md_part))
+    elif len(dmc_part) < n_candidates - md_quota:
+        md_part = pick(md_pool, n_candidates - len(dmc_part))
+    chosen = np.concatenate([dmc_part, md_part]).astype(np.int64)
+    if deviation is not None:  # most uncertain first
+        chosen = chosen[np.argsort(-deviation[chosen], kind="stable")]
     counts["selected"] = len(chosen)
     counts["selected_dmc"] = int(np.sum(all_origin[chosen] == "dmc"))
     counts["selected_md"] = int(np.sum(all_origin[chosen] == "md"))
@@ -190,6 +218,7 @@ def explore(
             "md_friction": md_friction,
             "window": [low, high],
             "fill": fill,
+            "md_fraction": md_fraction,
             "seed": seed,
             "committee": deviation is not None,
         },

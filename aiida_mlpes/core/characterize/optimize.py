@@ -215,15 +215,15 @@ def find_minimum(
     fmax: float = 1e-3,
     steps: int = 1000,
     optimizer: str = "BFGS",
-    imaginary_threshold: float = 20.0,
+    imaginary_threshold: float = 10.0,
     displacement: float = 0.1,
     max_escapes: int = 3,
 ) -> MinimumResult:
     """Optimise to a minimum (:func:`optimize_minimum`) and make sure it is one.
 
     After converging, the harmonic frequencies are checked. When a mode is imaginary beyond
-    ``imaginary_threshold`` cm^-1 (an optimiser can stop at a saddle point, e.g. when started from a
-    symmetric structure), the structure is displaced along the most negative mode both ways (largest atomic
+    ``imaginary_threshold`` cm^-1 (default: the tolerance of DMC's minimum check), which happens when an
+    optimiser stops at a saddle point (e.g. started from a symmetric structure), the structure is displaced along the most negative mode both ways (largest atomic
     displacement ``displacement`` Angstrom), both are re-optimised, and the lower one is kept; at most
     ``max_escapes`` times (0: only check). ``imaginary_frequencies`` of the result lists what is left.
     """
