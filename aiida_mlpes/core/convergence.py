@@ -121,7 +121,7 @@ class LoopSettings(BaseModel):
     finite_difference_step: float = Field(
         0.005, gt=0.0005, le=0.05, description="Angstrom: displacement of the reference finite differences."
     )
-    tolerances: Tolerances = Field(default_factory=Tolerances, description="Convergence tolerances.")
+    tolerances: Tolerances = Field(default_factory=lambda: Tolerances(), description="Convergence tolerances.")
 
     @model_validator(mode="after")
     def _iterations(self) -> LoopSettings:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import resource
 import sys
@@ -20,6 +21,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 #: Task name -> "module:function"; the function takes (settings: dict, workdir: Path) and returns a
 #: JSON-serialisable dict merged into result.json. Imported lazily so one task's heavy imports (torch)
@@ -63,6 +66,21 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, recursively (JSON null)."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return finite_or_none(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _cpu_seconds() -> float:
     """CPU seconds (user + system) of this process and of the programs it ran and waited for."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -90,6 +108,7 @@ def run_task(task: str, input_file: Path, workdir: Path | None = None) -> dict[s
     result["task"] = task
     result["wall_time_s"] = time.perf_counter() - start
     result["cpu_time_s"] = _cpu_seconds() - cpu_start
+    result = finite_or_none(result)  # JSON has no NaN, and AiiDA cannot store it
     (workdir / RESULT_FILE).write_text(json.dumps(result, indent=2, default=str))
     return result
 

@@ -15,8 +15,9 @@ from aiida import orm
 from aiida.engine import ExitCode
 
 from aiida_mlpes.calculations.characterize import CharacterizeCalculation
-from aiida_mlpes.core.characterize.task import FILES, finite_or_none
+from aiida_mlpes.core.characterize.task import FILES
 from aiida_mlpes.core.dataset import DatasetError
+from aiida_mlpes.core.runner import finite_or_none
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.parsers.base import MlpesRunParser
 

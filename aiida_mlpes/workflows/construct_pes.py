@@ -637,7 +637,11 @@ class ConstructPESWorkChain(WorkChain):
 
         arrays = holes.get_arrays()
         problems = structure_problems(
-            arrays, self.inputs.charge.value, self.inputs.multiplicity.value, self.knobs.hole_min_distance, 118
+            arrays,
+            self.inputs.charge.value,
+            self.inputs.multiplicity.value,
+            self.knobs.hole_min_distance,
+            118,
         )
         usable = [i for i in range(len(arrays)) if i not in problems]
         if problems:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import io
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,8 @@ import numpy as np
 from aiida import orm
 from aiida.engine import calcfunction
 
+from aiida_mlpes.core.runner import finite_or_none
 from aiida_mlpes.data.dataset import PESDataset
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: non-finite floats become None (AiiDA Dicts cannot store NaN)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(float(value)) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
 
 
 @calcfunction
@@ -119,7 +104,7 @@ def validate_against_reference(
                 out["barrier_error"] = model_barrier - out["reference_barrier"]
         except KeyError as exc:
             out["problems"].append(f"transition state: {exc.args[0]}")
-    return orm.Dict(_plain(out))
+    return orm.Dict(finite_or_none(out))
 
 
 @calcfunction
@@ -143,7 +128,7 @@ def score_new_labels(
     out["confirmed"] = len(confirmed)
     below = e_ref[confirmed] < reference_minimum.value - threshold.value
     out["discovered_minima"] = [int(i) for i in confirmed[below]]
-    return orm.Dict(_plain(out))
+    return orm.Dict(finite_or_none(out))
 
 
 @calcfunction
@@ -197,7 +182,7 @@ def record_iteration(iteration: orm.Int, settings: orm.Dict, **parts: orm.Dict) 
     }
     assessment = assess_iteration(record, get.get("previous"), loop)
     record.update(assessment)
-    return orm.Dict(_plain(record))
+    return orm.Dict(finite_or_none(record))
 
 
 def _pooled(scores: list[dict[str, Any]]) -> dict[str, Any]:

@@ -24,7 +24,6 @@ non-finite number replaced by ``None`` (JSON null). Units: eV, Angstrom, amu, cm
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,22 +154,7 @@ def run_characterize_task(settings: dict[str, Any], workdir: Path) -> dict[str, 
         result = _run(tasks, potential, numbers, atoms.positions, ts_atoms, masses, charge, settings, workdir)
     except ValueError as exc:
         raise TaskError(str(exc)) from None
-    return finite_or_none(result)
-
-
-def finite_or_none(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, inf) replaced by None, recursively (JSON null)."""
-    if isinstance(value, dict):
-        return {k: finite_or_none(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_none(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return finite_or_none(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return result  # aiida-mlpes-run stores non-finite numbers as null (core.runner.finite_or_none)
 
 
 def _run(
