@@ -27,9 +27,12 @@ from aiida_mlpes.calculations.base import MlpesRunCalculation
 from aiida_mlpes.core.characterize.task import FILES, check_tasks
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.data.model import PESModel
+from aiida_mlpes.protocols import StageProtocolMixin
 
 
-class CharacterizeCalculation(MlpesRunCalculation):
+class CharacterizeCalculation(StageProtocolMixin, MlpesRunCalculation):
+    PROTOCOL_SECTION = "characterize"
+
     """Harmonic frequencies, MEP, MDP and DMC (with hole detection) on an ML or reference surface."""
 
     TASK = "characterize"
@@ -98,6 +101,36 @@ class CharacterizeCalculation(MlpesRunCalculation):
             required=False,
             help="Unlabelled candidate geometries for validation (tasks.explore: DMC walkers and MD frames).",
         )
+
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        code: orm.AbstractCode,
+        model: PESModel,
+        structure: orm.StructureData,
+        protocol: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        ts_structure: orm.StructureData | None = None,
+    ):
+        """Characterize ``model`` from ``structure`` with the protocol's tasks (the ``characterize`` section of
+        ``construct_pes.yaml``: optimise, frequencies, DMC); with ``ts_structure`` the TS is optimised and its MEP
+        computed too. ``overrides`` (``{"tasks": {...}}``) change task options."""
+        from aiida_mlpes.protocols import deep_merge, stage_inputs
+
+        inputs, defaults = stage_inputs(cls.PROTOCOL_SECTION, protocol, overrides)
+        tasks = dict(inputs["tasks"])
+        builder = cls.get_builder()
+        builder.code = code
+        builder.model = model
+        builder.structure = structure
+        if ts_structure is not None:
+            builder.ts_structure = ts_structure
+            tasks.setdefault("optimize_ts", {})
+            tasks.setdefault("mep", {})
+        builder.tasks = orm.Dict(tasks)
+        builder.metadata.options = deep_merge(defaults, options or {})
+        return builder
 
     @staticmethod
     def validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:

@@ -23,11 +23,14 @@ from aiida_mlpes.calculations.base import MlpesRunCalculation
 from aiida_mlpes.core.sampling.task import check_sample_settings
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.data.model import PESModel
+from aiida_mlpes.protocols import StageProtocolMixin
 
 SETTINGS_KEYS = {"sampler", "parameters", "seed", "label"}
 
 
-class SampleCalculation(MlpesRunCalculation):
+class SampleCalculation(StageProtocolMixin, MlpesRunCalculation):
+    PROTOCOL_SECTION = "sample"
+
     """Sample conformations with MD, MC, normal-mode sampling/scan or metadynamics."""
 
     TASK = "sample"
@@ -76,6 +79,29 @@ class SampleCalculation(MlpesRunCalculation):
             "ERROR_DRIVER_FAILED",
             message="The driver failed during sampling; the samples collected before are output: {message}",
         )
+
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        code: orm.AbstractCode,
+        structure: orm.StructureData,
+        protocol: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+    ):
+        """Sampling around ``structure`` with the protocol's sampler and driver (``fast``/``moderate``/``precise``;
+        the ``sample`` section of ``construct_pes.yaml``). ``overrides`` change its keys (``sampler``,
+        ``parameters``, ``driver``, ``seed``), ``options`` the job's ``metadata.options``."""
+        from aiida_mlpes.protocols import deep_merge, stage_inputs
+
+        inputs, defaults = stage_inputs(cls.PROTOCOL_SECTION, protocol, overrides)
+        builder = cls.get_builder()
+        builder.code = code
+        builder.structures = {"molecule": structure}
+        builder.driver = orm.Dict(inputs.pop("driver"))
+        builder.settings = orm.Dict(inputs)
+        builder.metadata.options = deep_merge(defaults, options or {})
+        return builder
 
     @staticmethod
     def validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:

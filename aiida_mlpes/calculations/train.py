@@ -20,11 +20,14 @@ from aiida.common.folders import Folder
 from aiida_mlpes.calculations.base import MlpesRunCalculation
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.data.model import PESModel
+from aiida_mlpes.protocols import StageProtocolMixin
 
 SETTINGS_KEYS = {"model", "training", "split", "committee_size"}
 
 
-class TrainCalculation(MlpesRunCalculation):
+class TrainCalculation(StageProtocolMixin, MlpesRunCalculation):
+    PROTOCOL_SECTION = "train"
+
     """Train (or fine-tune, or continue training) one model."""
 
     TASK = "train"
@@ -80,6 +83,29 @@ class TrainCalculation(MlpesRunCalculation):
             message="Training stopped at the wall-time limit after epoch {epoch} (best epoch {best}); the model "
             "output holds the best weights so far. Resubmit with restart_folder to continue.",
         )
+
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        code: orm.AbstractCode,
+        dataset: PESDataset,
+        protocol: str | None = None,
+        overrides: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        committee_size: int = 1,
+    ):
+        """Training on ``dataset`` with the protocol's model and training settings (the ``train`` section of
+        ``construct_pes.yaml``); ``committee_size`` K >= 2 trains a committee. ``overrides`` change ``model``,
+        ``training`` or ``split``; ``options`` the job's ``metadata.options`` (e.g. a GPU)."""
+        from aiida_mlpes.protocols import deep_merge, stage_inputs
+
+        inputs, defaults = stage_inputs(cls.PROTOCOL_SECTION, protocol, overrides)
+        builder = cls.get_builder()
+        builder.code = code
+        builder.dataset = dataset
+        builder.settings = orm.Dict({**inputs, "committee_size": int(committee_size)})
+        builder.metadata.options = deep_merge(defaults, options or {})
+        return builder
 
     @staticmethod
     def validate_inputs(inputs: dict[str, Any], _: Any) -> str | None:

@@ -38,28 +38,40 @@ class Tolerances(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    energy_mae: float = Field(0.01, gt=0, description="eV: MAE of the model on new labels, before training.")
-    forces_mae: float = Field(0.1, gt=0, description="eV/Angstrom: force MAE on new labels, before training.")
+    energy_mae: float = Field(
+        default=0.01, gt=0, description="eV: MAE of the model on new labels, before training."
+    )
+    forces_mae: float = Field(
+        default=0.1, gt=0, description="eV/Angstrom: force MAE on new labels, before training."
+    )
     frequency_change: float = Field(
-        5.0, gt=0, description="cm^-1: largest change of a harmonic frequency since the previous iteration."
+        default=5.0,
+        gt=0,
+        description="cm^-1: largest change of a harmonic frequency since the previous iteration.",
     )
     zpe_change: float = Field(
-        0.003, gt=0, description="eV: DMC ZPE change since the previous iteration, beyond twice its error."
+        default=0.003,
+        gt=0,
+        description="eV: DMC ZPE change since the previous iteration, beyond twice its error.",
     )
-    barrier_change: float = Field(0.005, gt=0, description="eV: barrier change since the previous iteration.")
+    barrier_change: float = Field(
+        default=0.005, gt=0, description="eV: barrier change since the previous iteration."
+    )
     reference_max_force: float = Field(
-        0.05, gt=0, description="eV/Angstrom: largest reference force at the model's minimum."
+        default=0.05, gt=0, description="eV/Angstrom: largest reference force at the model's minimum."
     )
     frequency_rmse: float = Field(
-        10.0,
+        default=10.0,
         gt=0,
         description="cm^-1: RMSE of the model's vs the reference's frequencies at the model minimum.",
     )
     barrier_error: float = Field(
-        0.01, gt=0, description="eV: model barrier minus the reference barrier at the model's geometries."
+        default=0.01,
+        gt=0,
+        description="eV: model barrier minus the reference barrier at the model's geometries.",
     )
     hole_confirmation: float = Field(
-        0.02,
+        default=0.02,
         gt=0,
         description="eV: a labelled hole is confirmed when the model's energy there is this far below the "
         "reference; a confirmed hole below the reference minimum is a discovered minimum.",
@@ -71,57 +83,65 @@ class LoopSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_iterations: int = Field(6, ge=1, le=100, description="Train/characterize/validate cycles at most.")
+    max_iterations: int = Field(
+        default=6, ge=1, le=100, description="Train/characterize/validate cycles at most."
+    )
     min_iterations: int = Field(
-        2, ge=1, description="Cycles at least: the stability criterion needs a previous iteration."
+        default=2, ge=1, description="Cycles at least: the stability criterion needs a previous iteration."
     )
     committee_size: int = Field(
-        4,
+        default=4,
         ge=2,
         le=32,
         description="Models trained as one committee (query by committee): their disagreement flags DMC "
         "holes and selects new structures. A committee of one has no disagreement and is refused.",
     )
     max_holes_labelled: int = Field(
-        50, ge=1, description="DMC holes labelled per iteration at most (chosen for diversity)."
+        default=50, ge=1, description="DMC holes labelled per iteration at most (chosen for diversity)."
     )
     n_candidates: int = Field(
-        30,
+        default=30,
         ge=1,
         description="Fresh geometries per iteration from the final DMC population and MD on the model; "
         "they test the model before it trains on them.",
     )
     hole_min_distance: float = Field(
-        0.3,
+        default=0.3,
         gt=0,
         le=1.0,
         description="Angstrom: holes are labelled down to this interatomic distance; closer ones are skipped.",
     )
     retraining: Literal["fine_tune", "scratch"] = Field(
-        "fine_tune",
+        default="fine_tune",
         description="'fine_tune' continues from the previous committee on all data at a lower learning rate; "
         "'scratch' trains a new committee every iteration.",
     )
     fine_tune_learning_rate_factor: float = Field(
-        0.3, gt=0, le=1, description="Fine-tuning learning rate as a fraction of the training learning rate."
+        default=0.3,
+        gt=0,
+        le=1,
+        description="Fine-tuning learning rate as a fraction of the training learning rate.",
     )
     fine_tune_epoch_factor: float = Field(
-        0.5, gt=0, le=1, description="Fine-tuning epochs as a fraction of the training epochs."
+        default=0.5, gt=0, le=1, description="Fine-tuning epochs as a fraction of the training epochs."
     )
     scratch_fallback: bool = Field(
-        True,
+        default=True,
         description="Retrain from scratch when a fine-tuned committee is worse than its parent on the fixed "
         "test set (energy or force MAE more than 1.5x the parent's).",
     )
     validate_frequencies: bool = Field(
-        True,
+        default=True,
         description="Compute reference harmonic frequencies at the model minimum by central differences of "
         "reference forces (6N+1 reference calculations per iteration).",
     )
     finite_difference_step: float = Field(
-        0.005, gt=0.0005, le=0.05, description="Angstrom: displacement of the reference finite differences."
+        default=0.005,
+        gt=0.0005,
+        le=0.05,
+        description="Angstrom: displacement of the reference finite differences.",
     )
-    tolerances: Tolerances = Field(default_factory=lambda: Tolerances(), description="Convergence tolerances.")
+    tolerances: Tolerances = Field(default_factory=Tolerances, description="Convergence tolerances.")
 
     @model_validator(mode="after")
     def _iterations(self) -> LoopSettings:

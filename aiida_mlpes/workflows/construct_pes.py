@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import copy
 import math
-import pathlib
 from typing import Any
 
-import yaml
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_, while_
 
+from aiida_mlpes import protocols
 from aiida_mlpes.calculations.characterize import CharacterizeCalculation
 from aiida_mlpes.calculations.merge import merge_datasets
 from aiida_mlpes.calculations.sample import SampleCalculation
@@ -46,20 +45,8 @@ from aiida_mlpes.workflows.reference import ReferenceWorkChain, _calculation_cla
 
 #: Exit status of TrainCalculation when the wall time ended training early: the best model is still output.
 TRAINING_INCOMPLETE = 400
-PROTOCOL_FILE = pathlib.Path(__file__).parent / "protocols" / "construct_pes.yaml"
 #: Kinds of newly labelled structures, in the order they are labelled and scored.
 LABEL_KINDS = ("validation", "holes", "candidates")
-
-
-def _deep_merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(left)
-    for key, value in right.items():
-        out[key] = (
-            _deep_merge(out[key], value)
-            if isinstance(out.get(key), dict) and isinstance(value, dict)
-            else value
-        )
-    return out
 
 
 class ConstructPESWorkChain(WorkChain):
@@ -257,41 +244,16 @@ class ConstructPESWorkChain(WorkChain):
 
     # ---------------------------------------------------------------------------------------------------------
     @classmethod
-    def get_protocol_filepath(cls) -> pathlib.Path:
-        return PROTOCOL_FILE
-
-    @classmethod
     def get_available_protocols(cls) -> dict[str, dict[str, str]]:
         """Protocol names with their descriptions."""
-        data = yaml.safe_load(PROTOCOL_FILE.read_text())
-        return {name: {"description": p["description"]} for name, p in data["protocols"].items()}
+        return protocols.available_protocols()
 
     @classmethod
     def get_protocol_inputs(
         cls, protocol: str | None = None, overrides: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """The protocol's inputs merged with ``overrides``; unknown keys are errors that name them."""
-        data = yaml.safe_load(PROTOCOL_FILE.read_text())
-        name = protocol or data["default_protocol"]
-        if name not in data["protocols"]:
-            raise ValueError(f"protocol {name!r} unknown; choose one of {sorted(data['protocols'])}")
-        inputs = _deep_merge(
-            data["default_inputs"], {k: v for k, v in data["protocols"][name].items() if k != "description"}
-        )
-        overrides = dict(overrides or {})
-        unknown = sorted(set(overrides) - set(inputs) - {"reference"})
-        if unknown:
-            raise ValueError(f"overrides: unknown keys {unknown}; known: {sorted({*inputs, 'reference'})}")
-        inputs = _deep_merge(inputs, overrides)
-        LoopSettings.from_dict(inputs["settings"])  # names unknown or out-of-range loop settings
-        TrainingConfig.from_dict(dict(inputs["train"].get("training") or {}))
-        ModelConfig.from_dict({"elements": [1], **dict(inputs["train"].get("model") or {})})
-        unknown_tasks = set(inputs["characterize"]) - {"tasks"}
-        if unknown_tasks:
-            raise ValueError(
-                f"overrides.characterize: unknown keys {sorted(unknown_tasks)}; known: ['tasks']"
-            )
-        return inputs
+        return protocols.protocol_inputs(protocol, overrides)
 
     @classmethod
     def get_builder_from_protocol(
@@ -320,8 +282,8 @@ class ConstructPESWorkChain(WorkChain):
         overrides = dict(overrides or {})
         reference_overrides = overrides.pop("reference", None)
         inputs = cls.get_protocol_inputs(protocol, overrides)
-        name = protocol or yaml.safe_load(PROTOCOL_FILE.read_text())["default_protocol"]
-        run_options = _deep_merge(inputs.get("options", {}), options or {})
+        name = protocol or protocols.default_protocol()
+        run_options = protocols.deep_merge(inputs.get("options", {}), options or {})
         builder = cls.get_builder()
         builder.structure = structure
         if ts_structure is not None:
