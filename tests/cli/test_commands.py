@@ -162,6 +162,24 @@ def test_model_retrain_from_stored_inputs(graph):
     assert usage.exit_code == 2 and "Invalid value for '--epochs'" in usage.output
 
 
+def test_model_retrain_submit_hands_the_builder_to_the_daemon(graph, monkeypatch):
+    """--submit goes through aiida.engine.submit (captured here: the test profile runs no daemon)."""
+    import aiida.engine
+
+    submitted = []
+
+    def fake_submit(builder, **kwargs):
+        submitted.append(builder)
+        return orm.load_node(graph["train"])  # any process node: the command prints its PK
+
+    monkeypatch.setattr(aiida.engine, "submit", fake_submit)
+    out = assert_ok(invoke("model", "retrain", str(graph["model"]), "--epochs", "4", "--submit"))
+    assert f"Submitted TrainCalculation<{graph['train']}>" in out
+    (builder,) = submitted
+    assert builder.settings["training"]["max_epochs"] == 4 and builder.dataset.pk == graph["merged"]
+    assert builder.code.pk == orm.load_node(graph["train"]).inputs.code.pk
+
+
 @pytest.mark.parametrize(
     "command",
     [
