@@ -1,6 +1,9 @@
-"""``aiida-mlpes``: the user command line (set-up, dataset import/show/export/merge).
+"""``aiida-mlpes``: the user command line (set-up; datasets: import, show, export, list, merge; models: list,
+show, export, lineage, retrain).
 
-Commands that touch the database take ``-p/--profile`` (default: the default profile of ``AIIDA_PATH``).
+Commands that touch the database take ``-p/--profile`` (default: the profile already loaded, else the default
+profile of ``AIIDA_PATH``). A node that does not exist or has the wrong type is one line on stderr and exit
+status 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -18,8 +21,29 @@ COMPUTER = "localhost"
 
 def _load(profile: str | None) -> None:
     from aiida import load_profile
+    from aiida.manage import get_manager
 
+    if profile is None and get_manager().get_profile() is not None:
+        return  # called in-process with a profile loaded (tests, verdi shell): keep it
     load_profile(profile, allow_switch=True)
+
+
+def _get_node(identifier: str, cls: type, kind: str):
+    """The node with this PK, UUID or label, which must be a ``cls``; else a one-line ClickException."""
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+    from aiida.orm import load_node
+
+    try:
+        node = load_node(identifier)
+    except NotExistent:
+        raise click.ClickException(f"no node with PK, UUID or label {identifier!r}") from None
+    except MultipleObjectsError:
+        raise click.ClickException(f"{identifier!r} matches several nodes: give the PK or UUID") from None
+    except ValueError as exc:
+        raise click.ClickException(f"{identifier!r} is not a node identifier: {exc}") from None
+    if not isinstance(node, cls):
+        raise click.ClickException(f"node {identifier} is a {type(node).__name__}, not a {kind}")
+    return node
 
 
 profile_option = click.option(
@@ -105,14 +129,9 @@ def dataset_import(
 
 
 def _get_dataset(identifier: str):
-    from aiida.orm import load_node
-
     from aiida_mlpes.data.dataset import PESDataset
 
-    node = load_node(identifier)
-    if not isinstance(node, PESDataset):
-        raise click.ClickException(f"node {identifier} is a {type(node).__name__}, not a PESDataset")
-    return node
+    return _get_node(identifier, PESDataset, "PESDataset")
 
 
 @dataset.command("show")
@@ -203,6 +222,153 @@ def dataset_merge(identifiers, no_dedup: bool, allow_mixed_levels: bool, profile
         raise click.ClickException(str(exc)) from exc
     stats = result["statistics"].get_dict()
     click.echo(f"Merged into PESDataset<{result['dataset'].pk}>: {stats}")
+
+
+@cli.group()
+def model() -> None:
+    """List, inspect, export, trace and retrain PESModel nodes (trained potentials)."""
+
+
+def _get_model(identifier: str):
+    from aiida_mlpes.data.model import PESModel
+
+    return _get_node(identifier, PESModel, "PESModel")
+
+
+@model.command("list")
+@profile_option
+def model_list(profile) -> None:
+    """All PESModels: architecture, elements, size and the process that made them."""
+    _load(profile)
+    from aiida.common.links import LinkType
+    from aiida.orm import ProcessNode, QueryBuilder
+
+    from aiida_mlpes.data.model import PESModel
+
+    models = QueryBuilder().append(
+        PESModel,
+        tag="model",
+        project=["id", "label", "attributes.architecture", "attributes.elements", "attributes.n_parameters"],
+    )
+    creators = QueryBuilder().append(PESModel, tag="model", project="id")
+    creators.append(
+        ProcessNode,
+        with_outgoing="model",
+        edge_filters={"type": LinkType.CREATE.value},
+        project=["id", "attributes.process_label"],
+    )
+    made_by = {pk: f"{label}<{c_pk}>" for pk, c_pk, label in creators.all()}
+    click.echo(
+        f"{'PK':>6}  {'architecture':12s}  {'elements':12s}  {'parameters':>10}  {'created by':24s}  label"
+    )
+    for pk, label, arch, elements, n_par in models.order_by({"model": {"id": "asc"}}).all():
+        made = made_by.get(pk, "import")
+        click.echo(f"{pk:>6}  {arch:12s}  {','.join(elements):12s}  {n_par:>10}  {made:24s}  {label}")
+
+
+@model.command("show")
+@click.argument("identifier")
+@profile_option
+def model_show(identifier: str, profile) -> None:
+    """Summary of a PESModel (PK, UUID or label): hyperparameters, training result, package versions."""
+    _load(profile)
+    node = _get_model(identifier)
+    attrs = node.base.attributes.all
+    click.echo(f"PESModel<{node.pk}> {node.uuid}  label: {node.label!r}")
+    for key in (
+        "architecture",
+        "elements",
+        "cutoff",
+        "n_features",
+        "n_rbf",
+        "n_blocks",
+        "dtype",
+        "n_parameters",
+        "energy_scale",
+        "best_epoch",
+        "best_valid_loss",
+    ):
+        if key in attrs:
+            click.echo(f"  {key:16s} {attrs[key]}")
+    click.echo(f"  {'versions':16s} {', '.join(f'{k} {v}' for k, v in sorted(node.versions.items())) or '-'}")
+    creator = node.creator
+    if creator is None:
+        click.echo(f"  {'created by':16s} import")
+        return
+    click.echo(f"  {'created by':16s} {creator.process_label}<{creator.pk}>")
+    if "dataset" in creator.inputs:
+        data = creator.inputs.dataset
+        click.echo(f"  {'trained on':16s} PESDataset<{data.pk}> ({data.n_conformations} conformations)")
+    if "metrics" in creator.outputs:
+        for subset, values in creator.outputs.metrics.get_dict().items():
+            maes = {k: v.get("mae") for k, v in values.items() if isinstance(v, dict) and "mae" in v}
+            text = ", ".join(f"{k} {v:.4g}" for k, v in maes.items() if isinstance(v, (int, float)))
+            click.echo(f"  {subset + ' MAE':16s} {text or '-'}")
+
+
+@model.command("export")
+@click.argument("identifier")
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@profile_option
+def model_export(identifier: str, output: Path, force: bool, profile) -> None:
+    """Write the model file of a PESModel to OUTPUT (read it with aiida_mlpes.core.models.load_model)."""
+    _load(profile)
+    node = _get_model(identifier)
+    if output.exists() and not force:
+        raise click.ClickException(f"{output} exists (use --force to overwrite)")
+    with node.as_path() as path:
+        shutil.copyfile(path, output)
+    click.echo(f"Wrote PESModel<{node.pk}> ({node.architecture}, {','.join(node.elements)}) to {output}")
+
+
+@model.command("lineage")
+@click.argument("identifier")
+@profile_option
+def model_lineage(identifier: str, profile) -> None:
+    """Where a model came from: its training run and package versions, the datasets and merges its data
+    went through, and the reference calculations that labelled it (program, code, version, level)."""
+    _load(profile)
+    from aiida_mlpes.lineage import format_lineage
+    from aiida_mlpes.lineage import model_lineage as trace
+
+    for line in format_lineage(trace(_get_model(identifier))):
+        click.echo(line)
+
+
+@model.command("retrain")
+@click.argument("identifier")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="New training.max_epochs.")
+@click.option("--submit", is_flag=True, help="Submit to the daemon instead of running here.")
+@profile_option
+def model_retrain(identifier: str, epochs: int | None, submit: bool, profile) -> None:
+    """Train again from the stored inputs of the TrainCalculation that made a model (get_builder_restart),
+    optionally with another number of epochs."""
+    _load(profile)
+    from aiida import orm
+    from aiida.engine import run_get_node
+    from aiida.engine import submit as submit_process
+
+    node = _get_model(identifier)
+    training = node.creator
+    if not isinstance(training, orm.CalcJobNode) or training.process_type != "aiida.calculations:mlpes.train":
+        made = f"{training.process_label}<{training.pk}>" if training else "an import"
+        raise click.ClickException(f"PESModel<{node.pk}> was not made by a mlpes.train run but by {made}")
+    builder = training.get_builder_restart()
+    if epochs is not None:
+        settings = training.inputs.settings.get_dict() if "settings" in training.inputs else {}
+        settings.setdefault("training", {})["max_epochs"] = epochs
+        builder.settings = orm.Dict(settings)
+    if submit:
+        process = submit_process(builder)
+        click.echo(f"Submitted TrainCalculation<{process.pk}>; follow it with `verdi process list`")
+        return
+    results, new = run_get_node(builder)
+    if not new.is_finished_ok:
+        raise click.ClickException(
+            f"TrainCalculation<{new.pk}> failed with exit status {new.exit_status}: {new.exit_message}"
+        )
+    click.echo(f"TrainCalculation<{new.pk}> finished: new PESModel<{results['model'].pk}>")
 
 
 if __name__ == "__main__":

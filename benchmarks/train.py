@@ -1,7 +1,8 @@
 """Training speed and accuracy on NH3 GFN2-xTB data, beside Asparagus's figures (shared/REFERENCE_NUMBERS.md).
 
 Data: the 540 NH3 geometries of Asparagus's normal-mode-sampling test database
-(``/work/shared/realdata/datasets/nms_nh3.db``, Asparagus's own sampler), 100 of them picked with a fixed seed
+(``datasets/nms_nh3.db`` in the real-data folder: ``--realdata``, else ``$MLPES_REALDATA``, else
+``../shared/realdata`` beside the checkout; Asparagus's own sampler), 100 of them picked with a fixed seed
 and relabelled with GFN2-xTB through tblite (energy, forces, dipole, atomic charges). ``--source random`` uses
 random Gaussian displacements (0.06 Angstrom) around the tblite minimum instead. The labelled set is cached
 in ``--data`` (HDF5). Split 80/10/10 (``split_indices``, seed 0), batch 32.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import tempfile
 import time
@@ -32,10 +34,11 @@ ASPARAGUS = {
     "mae_300_epochs": {"energy": 0.0138, "forces": 0.115, "dipole": 0.032},
     "wall_300_epochs_s": 300 * 0.54,
 }
-NMS_DB = Path("/work/shared/realdata/datasets/nms_nh3.db")
+#: The real-data folder when neither --realdata nor MLPES_REALDATA names one: beside the checkout.
+DEFAULT_REALDATA = Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
 
-def nh3_data(path: Path, source: str = "nms", n: int = 100, seed: int = 0):
+def nh3_data(path: Path, source: str = "nms", n: int = 100, seed: int = 0, realdata: Path = DEFAULT_REALDATA):
     """Load (or create and cache) 100 NH3 structures labelled with GFN2-xTB (tblite)."""
     from aiida_mlpes.core.dataset import read_arrays, write_dataset
 
@@ -49,7 +52,12 @@ def nh3_data(path: Path, source: str = "nms", n: int = 100, seed: int = 0):
     rng = np.random.default_rng(seed)
     numbers = np.array([7, 1, 1, 1])
     if source == "nms":
-        with sqlite3.connect(NMS_DB) as db:
+        nms_db = realdata / "datasets" / "nms_nh3.db"
+        if not nms_db.is_file():
+            raise SystemExit(
+                f"{nms_db} not found: pass --realdata or set MLPES_REALDATA, or use --source random"
+            )
+        with sqlite3.connect(nms_db) as db:
             rows = db.execute("SELECT positions FROM systems ORDER BY id").fetchall()
         geometries = [np.frombuffer(r[0], dtype=np.float32 if len(r[0]) == 48 else np.float64) for r in rows]
         geometries = np.array(geometries, dtype=np.float64).reshape(-1, 4, 3)
@@ -132,6 +140,12 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=None, help="cache file (default: in the temp folder)")
     parser.add_argument("--source", choices=("nms", "random"), default="nms")
+    parser.add_argument(
+        "--realdata",
+        type=Path,
+        default=Path(os.environ.get("MLPES_REALDATA") or DEFAULT_REALDATA),
+        help="real-data folder holding datasets/nms_nh3.db (default: $MLPES_REALDATA or ../shared/realdata)",
+    )
     parser.add_argument("--budget", type=float, default=ASPARAGUS["wall_300_epochs_s"] / 5)
     parser.add_argument("--timing-epochs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is best on a busy machine)")
@@ -144,7 +158,7 @@ def main() -> None:
     data = (
         args.data or Path(tempfile.gettempdir()) / "aiida-mlpes-benchmarks" / f"nh3_gfn2_{args.source}_100.h5"
     )
-    arrays = nh3_data(data, args.source)
+    arrays = nh3_data(data, args.source, realdata=args.realdata)
     split = split_indices(arrays.hash, seed=0)
     energies = arrays.energy - arrays.energy.min()
     print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -13,19 +14,35 @@ from aiida_mlpes.core.ragged import RaggedArrays
 
 pytest_plugins = ["aiida.tools.pytest_fixtures"]
 
-#: The read-only shared data folder (real program outputs), beside the checkout.
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REALDATA = SHARED / "realdata"
+#: The checkout's root folder.
+ROOT = Path(__file__).resolve().parents[1]
+#: Environment variable with the folder of real program outputs (default: ``<checkout>/../shared/realdata``).
+REALDATA_ENV = "MLPES_REALDATA"
+#: Environment variable that turns a missing real-data folder into a failure (``.ci/run`` sets it to 1).
+REQUIRE_REALDATA_ENV = "MLPES_REQUIRE_REALDATA"
 #: The xtb executable (installed by scripts/setup.sh).
 XTB = shutil.which("xtb")
 
 
-@pytest.fixture
+def realdata_folder() -> Path:
+    """The real-data folder named by ``MLPES_REALDATA``, else ``shared/realdata`` beside the checkout."""
+    value = os.environ.get(REALDATA_ENV, "").strip()
+    return Path(value).expanduser().resolve() if value else ROOT.parent / "shared" / "realdata"
+
+
+@pytest.fixture(scope="session")
 def realdata() -> Path:
-    """Folder of real ORCA/Gaussian/xTB outputs (shared/realdata); the tests that need it fail loudly without it."""
-    if not REALDATA.is_dir():
-        pytest.fail(f"shared real data not found at {REALDATA}")
-    return REALDATA
+    """Folder of real ORCA/Gaussian/xTB outputs and datasets (read only).
+
+    Missing: the test is skipped with the reason, or fails when ``MLPES_REQUIRE_REALDATA=1`` (CI).
+    """
+    folder = realdata_folder()
+    if folder.is_dir():
+        return folder
+    reason = f"real data not found at {folder} (set {REALDATA_ENV} to the shared/realdata folder)"
+    if os.environ.get(REQUIRE_REALDATA_ENV, "").strip() not in ("", "0"):
+        pytest.fail(f"{reason}; {REQUIRE_REALDATA_ENV} is set, so it is required", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -8,14 +8,18 @@ import pytest
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.core.reference.gaussian import parse_gaussian_output, read_gaussian, write_gaussian_input
 from aiida_mlpes.core.units import BOHR, DEBYE, HARTREE
-from tests.conftest import REALDATA
 
-pytestmark = pytest.mark.usefixtures("realdata")  # fails loudly if shared/realdata is missing
 FORCE = HARTREE / BOHR
 
 
-def parse(rel: str, **kwargs):
-    return parse_gaussian_output((REALDATA / "gaussian" / rel).read_text(errors="replace"), **kwargs)
+@pytest.fixture
+def parse(realdata):
+    """``parse_gaussian_output`` of a file under realdata/gaussian (skipped without the real data)."""
+
+    def parse_file(rel: str, **kwargs):
+        return parse_gaussian_output((realdata / "gaussian" / rel).read_text(errors="replace"), **kwargs)
+
+    return parse_file
 
 
 def max_rms(forces: np.ndarray) -> tuple[float, float]:
@@ -108,7 +112,9 @@ SUCCESSFUL = [
     SUCCESSFUL,
     ids=[s[0] for s in SUCCESSFUL],
 )
-def test_successful_outputs(rel, version, e_first, e_last, n_e, n_f, row0, stats0, row_last, stats_last):
+def test_successful_outputs(
+    parse, rel, version, e_first, e_last, n_e, n_f, row0, stats0, row_last, stats_last
+):
     r = parse(rel)
     assert r.status == common.OK, r.message
     assert r.version.startswith(version)
@@ -126,20 +132,20 @@ def test_successful_outputs(rel, version, e_first, e_last, n_e, n_f, row0, stats
         np.testing.assert_allclose(max_rms(r.forces), stats_last, atol=1e-9)
 
 
-def test_mp2_energy_uses_fortran_d_exponent_and_replaces_scf():
+def test_mp2_energy_uses_fortran_d_exponent_and_replaces_scf(parse):
     r = parse("cclib_g09/water_mp2.log")
     # the SCF Done value -74.9643287913 is replaced by EUMP2 = -0.75002282127785D+02
     assert r.energy / HARTREE == pytest.approx(-75.002282127785, abs=1e-12)
     assert r.numbers.tolist() == [8, 1, 1]
 
 
-def test_forces_are_not_negated():
+def test_forces_are_not_negated(parse):
     """Gaussian prints forces (= -gradient): for the first C of divinylbenzene the printed X force is negative."""
     r = parse("cclib_g16/dvb_gopt.out")
     assert r.forces_history[0][0, 0] < 0
 
 
-def test_dipoles():
+def test_dipoles(parse):
     # archive dipole (a.u., input orientation) has the printed Debye magnitude 1.5994
     r = parse("cclib_g09/water_mp2.log")
     assert np.linalg.norm(r.dipole) / DEBYE == pytest.approx(1.5994, abs=2e-4)
@@ -153,7 +159,7 @@ def test_dipoles():
     np.testing.assert_allclose(r.dipole, 0.0, atol=1e-12)
 
 
-def test_mulliken_charges():
+def test_mulliken_charges(parse):
     r = parse("cclib_g09/water_mp2.log")
     np.testing.assert_allclose(r.atomic_charges, [-0.319889, 0.159944, 0.159944])
     assert r.charge_scheme == "mulliken"
@@ -177,10 +183,10 @@ HIRSHFELD_BLOCK = """
 """
 
 
-def test_hirshfeld_charges():
+def test_hirshfeld_charges(realdata):
     """No real log with Pop=Hirshfeld is in shared/realdata: a block in Gaussian 16's layout, appended to a
     real log, is parsed into the 'hirshfeld' scheme (Q-H column)."""
-    text = (REALDATA / "gaussian/cclib_g16/water_mp2.log").read_text() + HIRSHFELD_BLOCK
+    text = (realdata / "gaussian/cclib_g16/water_mp2.log").read_text() + HIRSHFELD_BLOCK
     r = parse_gaussian_output(text, charge_scheme="hirshfeld")
     np.testing.assert_allclose(r.atomic_charges, [-0.324484, 0.162242, 0.162242])
     assert "mulliken" in r.charges_by_scheme
@@ -198,13 +204,13 @@ FAILED = [
 
 
 @pytest.mark.parametrize(("rel", "category", "text"), FAILED, ids=[f[0] for f in FAILED])
-def test_failures_are_categorised(rel, category, text):
+def test_failures_are_categorised(parse, rel, category, text):
     r = parse(rel)
     assert r.status == category
     assert text in r.message
 
 
-def test_failed_runs_keep_their_numbers():
+def test_failed_runs_keep_their_numbers(parse):
     r = parse("arc_g16/l9999_ub3lyp_opt_error.out")
     np.testing.assert_allclose(np.array(r.energies) / HARTREE, [-395.878980048, -395.923591389], atol=1e-9)
     assert r.forces is None
@@ -217,21 +223,21 @@ def test_failed_runs_keep_their_numbers():
     np.testing.assert_allclose(max_rms(r.forces_history[0]), (0.000376049, 0.000100712), atol=1e-9)
 
 
-def test_truncated_and_missing(tmp_path):
-    text = (REALDATA / "gaussian/cclib_g16/dvb_gopt.out").read_text()
+def test_truncated_and_missing(realdata, tmp_path):
+    text = (realdata / "gaussian/cclib_g16/dvb_gopt.out").read_text()
     truncated = text[: len(text) // 2]
     r = parse_gaussian_output(truncated)
     assert r.status == common.WALLTIME and r.energy is not None
     assert parse_gaussian_output("  \n").status == common.MISSING_OUTPUT
     assert read_gaussian(tmp_path).status == common.MISSING_OUTPUT
     # a normal single point without Force: a labelling failure (missing forces)
-    (tmp_path / "aiida.log").write_text((REALDATA / "gaussian/cclib_g16/water_mp2.log").read_text())
+    (tmp_path / "aiida.log").write_text((realdata / "gaussian/cclib_g16/water_mp2.log").read_text())
     assert read_gaussian(tmp_path).status == common.MISSING_OUTPUT
 
 
-def test_write_input_layout_matches_real_input():
+def test_write_input_layout_matches_real_input(realdata):
     """Same sections as the real water_mp2.com: Link0, route, blank, title, blank, 'charge mult', atoms, blank."""
-    real = (REALDATA / "gaussian/cclib_g16/water_mp2.com").read_text().splitlines()
+    real = (realdata / "gaussian/cclib_g16/water_mp2.com").read_text().splitlines()
     text = write_gaussian_input(
         [8, 1, 1],
         np.array([[0, 0, 0], [0.99, 0, 0], [-0.27, 0.95, 0]]),

@@ -8,14 +8,18 @@ import pytest
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.core.reference.orca import parse_engrad, parse_orca_output, read_orca, write_orca_input
 from aiida_mlpes.core.units import BOHR, HARTREE
-from tests.conftest import REALDATA
 
-pytestmark = pytest.mark.usefixtures("realdata")  # fails loudly if shared/realdata is missing
 GRAD = HARTREE / BOHR
 
 
-def parse(rel: str, **kwargs):
-    return parse_orca_output((REALDATA / "orca" / rel).read_text(errors="replace"), **kwargs)
+@pytest.fixture
+def parse(realdata):
+    """``parse_orca_output`` of a file under realdata/orca (skipped without the real data)."""
+
+    def parse_file(rel: str, **kwargs):
+        return parse_orca_output((realdata / "orca" / rel).read_text(errors="replace"), **kwargs)
+
+    return parse_file
 
 
 def gradient(forces: np.ndarray) -> np.ndarray:
@@ -121,7 +125,7 @@ SUCCESSFUL = [
     SUCCESSFUL,
     ids=[s[0] for s in SUCCESSFUL],
 )
-def test_successful_outputs(rel, version, energy, n_energies, n_grad, row0, norm0, norm_last):
+def test_successful_outputs(parse, rel, version, energy, n_energies, n_grad, row0, norm0, norm_last):
     r = parse(rel)
     assert r.status == common.OK, r.message
     assert r.version == version
@@ -138,7 +142,7 @@ def test_successful_outputs(rel, version, energy, n_energies, n_grad, row0, norm
         assert r.forces.shape == (len(r.numbers), 3) or rel.startswith("autode_orca4/tmp")
 
 
-def test_first_and_intermediate_energies_of_optimisation():
+def test_first_and_intermediate_energies_of_optimisation(parse):
     r = parse("cclib_orca5.0/dvb_gopt.out")
     np.testing.assert_allclose(
         np.array(r.energies) / HARTREE,
@@ -154,7 +158,7 @@ def test_first_and_intermediate_energies_of_optimisation():
     assert r.numbers.tolist().count(6) == 10 and len(r.numbers) == 20
 
 
-def test_gradient_statistics_h2o2():
+def test_gradient_statistics_h2o2(parse):
     """RMS and MAX printed by ORCA 4.0 agree with the parsed rows."""
     g = gradient(parse("schnetpack_orca4.0/test_orca.log").forces)
     assert np.sqrt(np.mean(g**2)) == pytest.approx(0.4446013009, abs=1e-9)
@@ -162,9 +166,9 @@ def test_gradient_statistics_h2o2():
     np.testing.assert_allclose(g[1], [1.070670891, 0.101811161, 0.116251988], atol=1e-12)
 
 
-def test_matches_schnetpack_reference_values():
+def test_matches_schnetpack_reference_values(parse, realdata):
     """schnetpack's own parse of the same log (npz) agrees: forces (Eh/bohr) and dipole (a.u.)."""
-    ref = np.load(REALDATA / "orca/schnetpack_orca4.0/test_orca_main_targets.npz")
+    ref = np.load(realdata / "orca/schnetpack_orca4.0/test_orca_main_targets.npz")
     r = parse("schnetpack_orca4.0/test_orca.log")
     assert r.energy / HARTREE == pytest.approx(float(np.ravel(ref["energy"])[0]), abs=1e-9)
     np.testing.assert_allclose(r.forces / GRAD, np.asarray(ref["forces"]).reshape(4, 3), atol=1e-9)
@@ -174,7 +178,7 @@ def test_matches_schnetpack_reference_values():
     assert r.numbers.tolist() == [1, 8, 8, 1]
 
 
-def test_dipoles_and_charges():
+def test_dipoles_and_charges(parse):
     r = parse("cclib_orca5.0_cpcm/water_hf_solvent_cpcm.log")
     np.testing.assert_allclose(r.dipole / BOHR, [0.0, 0.67938, 0.0], atol=1e-9)
     r = parse("nomad_orca3.0/CHO_geomopt_orca3.2985006.out")
@@ -207,13 +211,13 @@ FAILED = [
 
 
 @pytest.mark.parametrize(("rel", "category", "text"), FAILED, ids=[f[0] for f in FAILED])
-def test_failures_are_categorised(rel, category, text):
+def test_failures_are_categorised(parse, rel, category, text):
     r = parse(rel)
     assert r.status == category
     assert text in r.message
 
 
-def test_flagged_energies_are_still_read():
+def test_flagged_energies_are_still_read(parse):
     """The not-converged CC energy and the blown-up SCF energy are parsed, but the result is not ok."""
     r = parse("arc_failed/orca_wavefunction_not_converge_error.log")
     assert r.energy / HARTREE == pytest.approx(-609.155669143400, abs=1e-9)
@@ -248,17 +252,17 @@ def test_empty_and_missing_output(tmp_path):
         ),
     ],
 )
-def test_engrad_files(rel, n, energy, first, norm):
-    e, forces, numbers, _ = parse_engrad((REALDATA / "orca" / rel).read_text())
+def test_engrad_files(realdata, rel, n, energy, first, norm):
+    e, forces, numbers, _ = parse_engrad((realdata / "orca" / rel).read_text())
     assert e / HARTREE == pytest.approx(energy, abs=1e-12)
     assert forces.shape == (n, 3) and numbers.shape == (n,)
     np.testing.assert_allclose(-forces[0] / GRAD, first, atol=1e-15)
     assert np.linalg.norm(forces / GRAD) == pytest.approx(norm, abs=1e-6)
 
 
-def test_engrad_coordinates_in_bohr():
+def test_engrad_coordinates_in_bohr(realdata):
     _, _, numbers, positions = parse_engrad(
-        (REALDATA / "orca/opan_engrad/test_orca_v3.0.2.engrad").read_text()
+        (realdata / "orca/opan_engrad/test_orca_v3.0.2.engrad").read_text()
     )
     assert numbers.tolist() == [6, 1, 1, 1, 1]
     # C-H distance 2.0598015 bohr = 1.09 Angstrom
@@ -266,19 +270,19 @@ def test_engrad_coordinates_in_bohr():
     assert 1.08 < np.linalg.norm(positions[1] - positions[0]) < 1.10
 
 
-def test_read_orca_prefers_engrad(tmp_path):
+def test_read_orca_prefers_engrad(realdata, tmp_path):
     """read_orca combines the output (status, dipole, charges) with the engrad file (gradient digits)."""
-    (tmp_path / "aiida.out").write_text((REALDATA / "orca/autode_orca4/h2_grad_orca.out").read_text())
+    (tmp_path / "aiida.out").write_text((realdata / "orca/autode_orca4/h2_grad_orca.out").read_text())
     r = read_orca(tmp_path)
     assert r.ok and r.forces.shape == (2, 3)
     # an SP output without gradient is a failure for labelling (EnGrad was asked for)
-    (tmp_path / "aiida.out").write_text((REALDATA / "orca/autode_orca4/H2_sp_orca.out").read_text())
+    (tmp_path / "aiida.out").write_text((realdata / "orca/autode_orca4/H2_sp_orca.out").read_text())
     assert read_orca(tmp_path).status == common.MISSING_OUTPUT
 
 
-def test_write_input_matches_real_input_layout():
+def test_write_input_matches_real_input_layout(realdata):
     """The generated input has the structure of the real h2_grad_orca.inp (! line, * xyz c m, atoms, *)."""
-    real = (REALDATA / "orca/autode_orca4/h2_grad_orca.inp").read_text()
+    real = (realdata / "orca/autode_orca4/h2_grad_orca.inp").read_text()
     text = write_orca_input(
         [1, 1],
         np.array([[0, 0, 0], [1.0, 0, 0]]),

@@ -24,16 +24,20 @@ from aiida_mlpes.core.reference.xtb import (
     xtb_arguments,
 )
 from aiida_mlpes.core.units import BOHR, HARTREE
-from tests.conftest import REALDATA
 
 XTB = shutil.which("xtb")
-needs_realdata = pytest.mark.usefixtures("realdata")  # fails loudly if shared/realdata is missing
 needs_xtb = pytest.mark.usefixtures("require_xtb")  # fails loudly if xtb is missing
 GRAD = HARTREE / BOHR
 
 
-def text(rel: str) -> str:
-    return (REALDATA / "xtb" / rel).read_text(errors="replace")
+@pytest.fixture
+def text(realdata):
+    """The text of a file under realdata/xtb (skipped without the real data)."""
+
+    def read_text(rel: str) -> str:
+        return (realdata / "xtb" / rel).read_text(errors="replace")
+
+    return read_text
 
 
 # file, version, final TOTAL ENERGY (Eh), dipole "full:" x y z (a.u.)
@@ -52,9 +56,8 @@ STDOUT = [
 ]
 
 
-@needs_realdata
 @pytest.mark.parametrize(("rel", "version", "energy", "dipole"), STDOUT, ids=[s[0] for s in STDOUT])
-def test_stdout(rel, version, energy, dipole):
+def test_stdout(text, rel, version, energy, dipole):
     r = parse_xtb_output(text(rel))
     assert r.status == common.OK, r.message
     assert r.version == version
@@ -62,8 +65,7 @@ def test_stdout(rel, version, energy, dipole):
     np.testing.assert_allclose(r.dipole / BOHR, dipole, atol=1e-12)
 
 
-@needs_realdata
-def test_optimisation_step_energies():
+def test_optimisation_step_energies(text):
     r = parse_xtb_output(text("autode_xtb/xtb_6_1_opt.out"))  # old format: 'total E :' lines
     assert r.energies[0] / HARTREE == pytest.approx(-4.1740478, abs=1e-9)
     r = parse_xtb_output(text("arc_xtb/CO2_ohess.out"))  # ':: total energy' per optimisation step
@@ -71,7 +73,6 @@ def test_optimisation_step_energies():
     assert r.energies[-1] / HARTREE == pytest.approx(-10.308452243026, abs=1e-9)
 
 
-@needs_realdata
 @pytest.mark.parametrize(
     ("rel", "category"),
     [
@@ -79,13 +80,12 @@ def test_optimisation_step_energies():
         ("autode_xtb6.2.3/h2_sp_xtb_no_energy.out", common.MISSING_OUTPUT),
     ],
 )
-def test_incomplete_outputs(rel, category):
+def test_incomplete_outputs(text, rel, category):
     r = parse_xtb_output(text(rel))
     assert r.status == category and r.energy is None
 
 
-@needs_realdata
-def test_energy_gradient_engrad_charges_files():
+def test_energy_gradient_engrad_charges_files(text, realdata):
     folder = "cclib_xtb6.6.1/dvb_opt/"
     assert parse_energy_file(text(folder + "energy")) / HARTREE == pytest.approx(-26.43824246835, abs=1e-11)
     energy, forces, numbers, positions = parse_gradient_file(text(folder + "gradient"))
@@ -102,13 +102,12 @@ def test_energy_gradient_engrad_charges_files():
     assert z2.tolist() == numbers.tolist()
     np.testing.assert_allclose(p2, positions, atol=1e-6)
     # the gradient file geometry is xtbopt.xyz (Angstrom)
-    np.testing.assert_allclose(positions, read(REALDATA / "xtb" / folder / "xtbopt.xyz").positions, atol=1e-6)
+    np.testing.assert_allclose(positions, read(realdata / "xtb" / folder / "xtbopt.xyz").positions, atol=1e-6)
     charges = parse_charges_file(text(folder + "charges"))
     assert charges.shape == (20,) and charges.sum() == pytest.approx(0.0, abs=1e-6)
 
 
-@needs_realdata
-def test_xtbout_json():
+def test_xtbout_json(text):
     data = parse_xtbout_json(text("cclib_xtb6.6.0_dvb_sp/xtbout.json"))
     assert data["energy"] / HARTREE == pytest.approx(-26.42593936, abs=1e-9)
     assert data["method"] == "GFN2-xTB" and data["version"] == "6.6.0 (unknown)"
@@ -138,8 +137,8 @@ def test_arguments():
 
 
 @pytest.fixture(scope="module")
-def nh3():
-    return read(REALDATA / "geometries/NH3_SymmObl_opan.xyz")
+def nh3(realdata):
+    return read(realdata / "geometries/NH3_SymmObl_opan.xyz")
 
 
 def _env():

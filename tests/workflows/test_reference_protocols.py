@@ -115,3 +115,20 @@ def test_xtb_hess_through_aiida_shell(aiida_localhost):
     assert 800 < nu[6] < 1400 and 1500 < nu[7] <= nu[8] < 1800 and 3100 < nu[9] < 3700
     with pytest.raises(ValueError, match="multiplicity 2"):
         run_xtb_frequencies(code, orm.StructureData(ase=molecule("NH3")), multiplicity=2)
+
+
+def test_pbe_d3bj_protocol_is_pyscf_with_d3(aiida_code_installed, dataset):
+    """The paper's level with free software: PySCF PBE/def2-SVP (RI-J) plus D3(BJ), labelled as such."""
+    from aiida_mlpes.core.reference.ase_driver import make_calculator
+
+    code = aiida_code_installed(default_calc_job_plugin="mlpes.ase", filepath_executable="/bin/true")
+    builder = ReferenceWorkChain.get_builder_from_protocol(code, dataset, protocol="pbe-d3bj")
+    parameters = builder.parameters.get_dict()
+    assert parameters["calculator"] == "pyscf" and parameters["dispersion"] == "d3bj"
+    assert parameters["method"] == "PBE" and parameters["basis"] == "def2-svp" and parameters["density_fit"]
+    from aiida.plugins import CalculationFactory
+
+    assert CalculationFactory("mlpes.ase").level_of_theory(parameters) == "PBE-D3BJ/def2-SVP"
+    settings = {k: v for k, v in parameters.items() if k != "level_of_theory"}
+    calc = make_calculator(settings)
+    assert calc.parameters["dispersion"] == "d3bj" and "verbosity" not in calc.parameters

@@ -32,7 +32,7 @@ def morse_ground_state(depth: float, width: float, reduced_mass: float) -> float
 
 
 class HarmonicTrap:
-    """Each atom bound to its own centre: V = sum_i 0.5 k_i |r_i - c_i|^2 (k in eV/Angstrom^2).
+    """Each atom bound to its own centre: ``V = sum_i 0.5 k_i |r_i - c_i|^2`` (k in eV/Angstrom^2).
 
     ``force_constants`` may be a scalar, (N,) or (N, 3) for anisotropic traps.
     """

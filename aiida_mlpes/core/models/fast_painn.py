@@ -2,7 +2,7 @@
 
 Same idea as for PhysNet: the forward pass runs without an autograd graph, keeping what the reverse pass
 needs, and the reverse pass is written out block by block. Positions enter through the filters (sinc
-radial basis and cosine cutoff) and the unit vectors r_ij / |r_ij|. Tests compare it with autograd.
+radial basis and cosine cutoff) and the unit vectors ``r_ij / |r_ij|``. Tests compare it with autograd.
 """
 
 from __future__ import annotations

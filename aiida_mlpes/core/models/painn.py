@@ -2,8 +2,8 @@
 
 Each atom carries scalars s (N, F) and vectors v (N, 3, F). A block's message step filters
 phi(s_j) = W act(W s_j) (3F channels) with W(r_ij) = sinc radial basis -> linear, times a cosine cutoff,
-and splits the product into a scalar update, a gate on v_j and a gate on the unit vector r_ij / |r_ij|.
-The update step mixes channels: U v, V v, a = MLP([s, |V v|]); v += a_vv * U v; s += a_sv <U v, V v> + a_ss.
+and splits the product into a scalar update, a gate on v_j and a gate on the unit vector ``r_ij / |r_ij|``.
+The update step mixes channels: U v, V v, ``a = MLP([s, |V v|])``; v += a_vv * U v; s += a_sv <U v, V v> + a_ss.
 A two-layer head gives per-atom energies and charges from s.
 """
 

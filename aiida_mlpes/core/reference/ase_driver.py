@@ -184,9 +184,10 @@ def records_to_arrays(
 
 
 def settings_label(settings: dict[str, Any]) -> str:
-    """A short level-of-theory string from calculator settings, e.g. ``tblite GFN2-xTB``."""
+    """A short level-of-theory string from calculator settings, e.g. ``tblite GFN2-xTB`` or
+    ``pyscf PBE def2-svp d3bj`` (a dispersion correction is part of the level of theory)."""
     parts = [str(settings.get("calculator", ""))]
-    for key in ("method", "xc", "basis"):
-        if key in settings:
+    for key in ("method", "xc", "basis", "dispersion"):
+        if settings.get(key) not in (None, ""):
             parts.append(str(settings[key]))
     return " ".join(parts) if len(parts) > 1 else json.dumps(settings, sort_keys=True)

@@ -1,4 +1,5 @@
-"""An ASE calculator around PySCF: energy and analytic gradients for DFT (any libxc functional), HF and MP2.
+"""An ASE calculator around PySCF: energy and analytic gradients for DFT (any libxc functional), HF and MP2,
+optionally with Grimme's D3(BJ) dispersion correction (tad-dftd3), e.g. PBE-D3BJ/def2-SVP.
 
 Units at the boundary: PySCF works in Hartree and Bohr; results are eV, eV/Angstrom, e*Angstrom, e.
 Charge and multiplicity come from the parameters or from ``atoms.info['charge'/'multiplicity']``.
@@ -30,7 +31,9 @@ class PySCFCalculator(Calculator):
     ``charge``, ``multiplicity``, ``conv_tol`` (Eh), ``max_cycle``, ``grid_level`` (DFT grids 0-9),
     ``density_fit`` (RI-J with the default auxiliary basis), ``level_shift`` (Eh), ``damping`` (0-1),
     ``reuse_density`` (start each SCF from the last converged density of the same molecule: faster for
-    nearby geometries, but results then depend on the order within ``conv_tol``).
+    nearby geometries, but results then depend on the order within ``conv_tol``), ``dispersion``
+    (None or "d3bj": D3 with Becke-Johnson damping and the functional's parameters, added to energy and
+    forces; needs tad-dftd3), ``dispersion_three_body`` (include the ATM term with D3; default off, as ORCA).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "dipole", "charges"]
@@ -46,6 +49,8 @@ class PySCFCalculator(Calculator):
         "level_shift": 0.0,
         "damping": 0.0,
         "reuse_density": False,
+        "dispersion": None,
+        "dispersion_three_body": False,
     }
 
     def __init__(self, **kwargs) -> None:
@@ -100,9 +105,26 @@ class PySCFCalculator(Calculator):
         mf.verbose = 0
         return mf
 
+    def _check_dispersion(self) -> str | None:
+        """The dispersion model (lower case) or None; raises ValueError for unsupported combinations."""
+        from aiida_mlpes.core.reference.dispersion import DISPERSION_MODELS
+
+        value = self._params.dispersion
+        if value in (None, "", False, "none", "None"):
+            return None
+        model = str(value).lower().replace("(", "").replace(")", "").replace("-", "")
+        if model not in DISPERSION_MODELS:
+            raise ValueError(f"PySCFCalculator: unknown dispersion {value!r}; choose None or 'd3bj'")
+        if str(self._params.method).upper() == "MP2":
+            raise ValueError(
+                "PySCFCalculator: a D3 correction is defined for DFT functionals and HF, not MP2"
+            )
+        return model
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         atoms = cast(Atoms, self.atoms)  # set by the base class
+        dispersion = self._check_dispersion()
         mol = self._molecule(atoms)
         mf = self._mean_field(mol)
         key = (
@@ -130,8 +152,21 @@ class PySCFCalculator(Calculator):
             gradient = mf.nuc_grad_method().kernel()
             dipole = np.asarray(mf.dip_moment(unit="AU", verbose=0)) * BOHR
         charges = np.asarray(mf.mulliken_pop(verbose=0)[1], dtype=float)
-        self.results["energy"] = self.results["free_energy"] = float(energy) * HARTREE
-        self.results["forces"] = -np.asarray(gradient) * HARTREE / BOHR
+        energy_ev = float(energy) * HARTREE
+        forces = -np.asarray(gradient) * HARTREE / BOHR
+        if dispersion == "d3bj":
+            from aiida_mlpes.core.reference.dispersion import d3bj_energy_forces
+
+            e_disp, f_disp = d3bj_energy_forces(
+                atoms.numbers,
+                atoms.positions,
+                str(self._params.method),
+                three_body=bool(self._params.dispersion_three_body),
+            )
+            energy_ev, forces = energy_ev + e_disp, forces + f_disp
+            self.results["dispersion_energy"] = e_disp
+        self.results["energy"] = self.results["free_energy"] = energy_ev
+        self.results["forces"] = forces
         if dipole is not None:
             self.results["dipole"] = dipole
         self.results["charges"] = charges

@@ -2,7 +2,7 @@
 
 Each CV has a value and an analytic gradient with respect to the Cartesian positions:
 
-- ``bond`` (i, j): distance |r_j - r_i|, Angstrom;
+- ``bond`` (i, j): distance ``|r_j - r_i|``, Angstrom;
 - ``angle`` (i, j, k): angle i-j-k at atom j, degrees in [0, 180];
 - ``dihedral`` (i, j, k, l): torsion about j-k, degrees in (-180, 180], periodic;
 - ``reactive`` (i, j, k, l): d(i, j) - d(k, l), Angstrom (e.g. a proton moving from one atom to another:
@@ -114,7 +114,7 @@ def _norm(v: np.ndarray) -> np.ndarray:
 
 
 def _bonds(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distances |b - a| (B,) and their gradient with respect to b (B, 3)."""
+    """Distances ``|b - a|`` (B,) and their gradient with respect to b (B, 3)."""
     r = b - a
     d = _norm(r)
     return d, r / np.maximum(d, 1e-12)[:, None]

@@ -6,7 +6,7 @@ k_i (eV/Angstrom^2), each sample is
     x = x_eq + sum_i f_i q_i,   f_i = +-sqrt(3 c_i kB T / k_i),   c_i ~ U[0, 1], sign ~ Bernoulli(1/2),
 
 so each selected mode carries the harmonic energy 0.5 k_i f_i^2 = 1.5 c_i kB T, uniform on [0, 1.5 kB T]
-(mean 0.75 kB T). Imaginary modes use |k_i|. The modes come from
+(mean 0.75 kB T). Imaginary modes use ``|k_i|``. The modes come from
 :func:`aiida_mlpes.core.characterize.frequencies.normal_modes`: a central-difference Hessian of the driver
 (all 6N displaced structures in one batch), mass-weighted, translations and rotations projected out.
 Units: K, eV, Angstrom, amu, cm^-1.
@@ -38,7 +38,7 @@ from aiida_mlpes.core.units import KB
 
 #: Structures per driver batch (the ML driver evaluates a batch in one call).
 BATCH_SIZE = 64
-#: Modes with |frequency| below this (cm^-1) are flat: eqs. 2 and 8 would displace them infinitely.
+#: Modes with ``|frequency|`` below this (cm^-1) are flat: eqs. 2 and 8 would displace them infinitely.
 MIN_FREQUENCY = 1.0
 #: Default frequency window (cm^-1): real modes only, numerically zero ones excluded.
 DEFAULT_FREQUENCY_RANGE = (10.0, None)

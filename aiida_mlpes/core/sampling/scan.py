@@ -1,15 +1,15 @@
 """Normal-mode scan (Asparagus paper, eqs. 3-9).
 
-Each selected mode i is scaled by f_i = sqrt(2 E_step / |k_i|) (eq. 8), so one step along it costs E_step
+Each selected mode i is scaled by ``f_i = sqrt(2 E_step / |k_i|)`` (eq. 8), so one step along it costs E_step
 in the harmonic approximation (eqs. 3, 7). For every combination C of up to ``nmax`` selected modes and
 every sign pattern, the scan visits the multipliers n = {n_i}, n_i != 0, outwards from (+-1, ..., +-1):
 
-    x = x_init + sum_{i in C} n_i f_i q_i,     dE = |E(x) - E(x_init)|      (eq. 9)
+    ``x = x_init + sum_{i in C} n_i f_i q_i``,   ``dE = |E(x) - E(x_init)|``   (eq. 9)
 
-A point with dE <= E_limit is kept and its neighbours (one |n_i| larger) are visited next; a point
-beyond E_limit (or beyond |n_i| = ``max_multiplier``) ends the scan in that direction and is not kept.
+A point with dE <= E_limit is kept and its neighbours (one ``|n_i|`` larger) are visited next; a point
+beyond E_limit (or beyond ``|n_i| = max_multiplier``) ends the scan in that direction and is not kept.
 In a harmonic well a combination of modes keeps exactly the points with sum_i n_i^2 <= E_limit / E_step.
-Points are evaluated in batches, one shell (sum |n_i|) at a time. Units: eV, Angstrom, cm^-1.
+Points are evaluated in batches, one shell (``sum |n_i|``) at a time. Units: eV, Angstrom, cm^-1.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def normal_mode_scan(
         energy_step: E_step, eV: harmonic energy of one step along a mode (paper Listing 3: 0.05).
         energy_limit: E_limit, eV: points further than this from the reference energy are not kept (1.0).
         nmax: largest number of modes combined (Asparagus' ``nms_number_of_coupling``; 2 in Listing 3).
-        max_multiplier: largest |n_i| per mode (the paper's step limit), None for no limit.
+        max_multiplier: largest ``|n_i|`` per mode (the paper's step limit), None for no limit.
         frequency_range: (low, high) cm^-1 of the modes scanned; imaginary frequencies are negative.
         include_reference: keep the reference structure itself as the first sample of each system.
         step, optimize, fmax: as in :func:`~aiida_mlpes.core.sampling.normal_modes.normal_mode_sampling`.

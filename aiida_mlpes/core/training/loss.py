@@ -71,7 +71,7 @@ class WeightedLoss:
         return total, table
 
     def error_sums(self, errors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Per property [sum smooth-L1, sum |err|, sum err^2, count], shape (n_properties, 4), float64."""
+        """Per property ``[sum smooth-L1, sum |err|, sum err^2, count]``, shape (n_properties, 4), float64."""
         rows = []
         for name in self.properties:
             err = errors[name].detach().double()
