@@ -1,5 +1,6 @@
-"""``aiida-mlpes``: the user command line (set-up; datasets: import, show, export, list, merge; models: list,
-show, export, lineage, retrain).
+"""``aiida-mlpes``: the user command line (set-up; build a PES from a structure file (``build``, in
+:mod:`aiida_mlpes.cli_build`); datasets: import, show, export, list, merge; models: list, show, export, lineage,
+retrain).
 
 Commands that touch the database take ``-p/--profile`` (default: the profile already loaded, else the default
 profile of ``AIIDA_PATH``). A node that does not exist or has the wrong type is one line on stderr and exit
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from aiida_mlpes.cli_build import build
 
 DEFAULT_PROFILE = "mlpes"
 COMPUTER = "localhost"
@@ -57,6 +60,9 @@ def cli() -> None:
     """Machine-learned potential energy surfaces with AiiDA provenance."""
 
 
+cli.add_command(build)
+
+
 @cli.command()
 @click.option(
     "--profile", default=DEFAULT_PROFILE, show_default=True, help="Name of the profile to create/reuse."
@@ -64,7 +70,8 @@ def cli() -> None:
 @click.option("--xtb", "xtb_path", default=None, help="Path of the xtb executable (default: found on PATH).")
 def setup(profile: str, xtb_path: str | None) -> None:
     """Create (or reuse) the embedded default: a presto profile, the localhost computer, and the codes
-    ``xtb@localhost`` and ``aiida-mlpes-run@localhost``. Safe to run again."""
+    ``xtb@localhost``, ``aiida-mlpes-run@localhost`` and ``aiida-mlpes-ase@localhost`` (aiida-mlpes-run with default
+    plugin mlpes.ase, for tblite and PySCF references). Safe to run again."""
     from aiida.manage.configuration import get_config, reset_config
 
     config = get_config(create=True)

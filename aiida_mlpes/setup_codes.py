@@ -12,6 +12,9 @@ from aiida.common.exceptions import NotExistent
 
 XTB_LABEL = "xtb"
 RUNNER_LABEL = "aiida-mlpes-run"
+#: The aiida-mlpes-run code with default plugin ``mlpes.ase``: the reference code of ASE calculators (tblite, PySCF).
+ASE_LABEL = "aiida-mlpes-ase"
+ASE_DESCRIPTION = "aiida-mlpes-run as the reference code of ASE calculators (tblite, PySCF)"
 
 
 def ensure_computer(label: str = "localhost") -> orm.Computer:
@@ -52,7 +55,7 @@ def _ensure_code(
             default_calc_job_plugin=plugin,
             description=description,
         )
-        if label == RUNNER_LABEL:
+        if label in (RUNNER_LABEL, ASE_LABEL):
             # The runner is the venv's console script; torch decides its own threading.
             code.prepend_text = f'export PATH="{Path(executable).parent}:$PATH"'
         else:
@@ -62,7 +65,8 @@ def _ensure_code(
 
 
 def ensure_codes(computer_label: str = "localhost", xtb_path: str | None = None) -> Iterator[str]:
-    """Create the computer and the ``xtb`` and ``aiida-mlpes-run`` codes if missing; yield what was done."""
+    """Create the computer and the ``xtb``, ``aiida-mlpes-run`` and ``aiida-mlpes-ase`` codes if missing; yield
+    what was done."""
     computer = ensure_computer(computer_label)
     yield f"computer {computer.label}: {computer.transport_type}/{computer.scheduler_type}"
     xtb = xtb_path or shutil.which("xtb")
@@ -77,3 +81,22 @@ def ensure_codes(computer_label: str = "localhost", xtb_path: str | None = None)
     yield _ensure_code(
         RUNNER_LABEL, computer, runner, None, "aiida-mlpes task runner (sample/train/test/characterize)"
     )
+    yield _ensure_code(ASE_LABEL, computer, runner, "mlpes.ase", ASE_DESCRIPTION)
+
+
+def ensure_ase_code(runner: orm.InstalledCode) -> tuple[orm.InstalledCode, str | None]:
+    """The ``aiida-mlpes-ase`` code on the runner's computer (the runner's executable with default plugin
+    ``mlpes.ase``, which ``ReferenceWorkChain`` needs for ASE calculators), created if missing; and the line
+    saying it was created (None when it existed)."""
+    computer = runner.computer
+    try:
+        return orm.load_code(f"{ASE_LABEL}@{computer.label}"), None
+    except NotExistent:
+        line = _ensure_code(
+            ASE_LABEL,
+            computer,
+            str(runner.filepath_executable),
+            "mlpes.ase",
+            ASE_DESCRIPTION,
+        )
+        return orm.load_code(f"{ASE_LABEL}@{computer.label}"), line

@@ -45,5 +45,5 @@ def test_setup_is_idempotent(tmp_path):
     n_profiles, n_computers, codes = count_entities(tmp_path).split(" ", 2)
     assert (n_profiles, n_computers) == ("1", "1")
     assert sorted(ast.literal_eval(codes)) == sorted(
-        ["aiida-mlpes-run"] + (["xtb"] if shutil.which("xtb") else [])
+        ["aiida-mlpes-run", "aiida-mlpes-ase"] + (["xtb"] if shutil.which("xtb") else [])
     )
