@@ -9,10 +9,11 @@ printed once each. :func:`final_report` summarises the outputs: model, errors, f
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def iteration_line(record: Mapping[str, Any], seconds: float, max_iterations: in
     if record.get("converged"):
         parts.append("converged")
     elif left is not None and k is not None and k < max_iterations:
-        parts.append(f"ETA <= {duration(left)} ({max_iterations - k} iterations at most)")
+        more = max_iterations - k
+        parts.append(f"ETA <= {duration(left)} ({more} more iteration{'s' if more > 1 else ''} at most)")
     return "  " + "; ".join(parts)
 
 
@@ -98,17 +100,23 @@ class BuildProgress(logging.Handler):
             if node.process_type == _CONSTRUCT and node.caller is None:
                 self.root = node
         if self.root is None or pk != self.root.pk:
-            if record.levelno >= logging.WARNING:
-                self.echo(f"  ! {text}")
-            return
+            return  # children: their failures are printed from their nodes, warnings by aiida's console handler
         calls = self._calls()
-        iteration = max(
-            (int(m.group(1)) for m in map(re.compile(r"train_(\d+)$").match, calls) if m), default=0
-        )
+        named = re.match(r"iteration (\d+):", text)  # the loop's own reports name their iteration
+        iteration = int(named.group(1)) if named else self._iteration(calls)
         stage = f"iteration {iteration}/{self.max_iterations}" if iteration else "initial data"
         self.echo(f"[{duration(time.monotonic() - self.start):>6} | {stage}] {text}")
         self._failures()
         self._iterations(calls)
+
+    def _iteration(self, calls: Mapping[str, Any]) -> int:
+        """The iteration under way from the calls so far: the last trained, else 1 once the initial labelling
+        ended, else 0 (the initial data are being made)."""
+        trained = [int(label[6:]) for label in calls if re.fullmatch(r"train_\d+", label)]
+        if trained:
+            return max(trained)
+        initial = calls.get("label_0")
+        return 1 if initial is not None and initial.is_terminated else 0
 
     def _calls(self) -> dict[str, Any]:
         from aiida.common.links import LinkType
@@ -140,6 +148,29 @@ class BuildProgress(logging.Handler):
                     result, durations[-1], self.max_iterations, eta(durations, k, self.max_iterations)
                 )
             )
+
+
+@contextlib.contextmanager
+def progress_instead_of_reports(echo: Callable[[str], Any], max_iterations: int) -> Iterator[BuildProgress]:
+    """Print :class:`BuildProgress` while the block runs, instead of every process report on the terminal:
+    aiida's own terminal handlers show warnings and errors only until the block ends."""
+    logger = logging.getLogger("aiida")
+    progress = BuildProgress(echo, max_iterations)
+    terminal = [
+        handler
+        for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+    ]
+    levels = [handler.level for handler in terminal]
+    for handler in terminal:
+        handler.setLevel(max(handler.level, logging.WARNING))
+    logger.addHandler(progress)
+    try:
+        yield progress
+    finally:
+        logger.removeHandler(progress)
+        for handler, level in zip(terminal, levels, strict=True):
+            handler.setLevel(level)
 
 
 def _why(node: Any) -> str:

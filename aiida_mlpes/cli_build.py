@@ -12,7 +12,6 @@ validator checks the rest. The loop then runs here with live progress and ends w
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -371,17 +370,12 @@ def _submit(builder) -> None:
 def _run(builder, plot_path: Path) -> None:
     from aiida.engine import run_get_node
 
-    from aiida_mlpes.build_report import BuildProgress, final_report
+    from aiida_mlpes.build_report import final_report, progress_instead_of_reports
     from aiida_mlpes.core.convergence import LoopSettings
 
     settings = LoopSettings.from_dict(builder.settings.get_dict())
-    progress = BuildProgress(click.echo, settings.max_iterations)
-    logger = logging.getLogger("aiida")
-    logger.addHandler(progress)
-    try:
+    with progress_instead_of_reports(click.echo, settings.max_iterations):
         _, node = run_get_node(builder)
-    finally:
-        logger.removeHandler(progress)
     for line in final_report(node, plot_path):
         click.echo(line)
     if not node.is_finished_ok:

@@ -19,7 +19,7 @@ from aiida_mlpes.cli import cli
 from aiida_mlpes.cli_build import make_builder, pyscf_parameters
 from tests.cli.test_commands import assert_one_line_error
 
-#: The loop on H2 in about a minute (as tests/workflows/test_construct_pes.py::planted_hole_builder).
+#: The loop on H2 in a few minutes (as tests/workflows/test_construct_pes.py::planted_hole_builder).
 TINY = {
     "settings": {
         "max_iterations": 2,
@@ -28,10 +28,11 @@ TINY = {
         "n_candidates": 6,
         "max_holes_labelled": 12,
     },
-    "sample": {"parameters": {"n_samples": 10, "temperature": 30.0, "optimize": True}, "seed": 3},
+    "sample": {"parameters": {"n_samples": 20, "temperature": 30.0, "optimize": True}, "seed": 3},
     "train": {
         "model": {"n_features": 16, "n_rbf": 16, "n_blocks": 1, "cutoff": 4.0, "predict_charges": False},
         "training": {"max_epochs": 150, "batch_size": 8, "threads": 1, "early_stopping_patience": None},
+        "split": {"fractions": [0.6, 0.2, 0.2], "seed": 0},  # a fixed test set of a few structures
     },
     "characterize": {
         "tasks": {
@@ -238,7 +239,9 @@ def test_iteration_line_and_eta():
     line = iteration_line(record(2), 125.0, 4, eta([100.0, 150.0], 2, 4))
     assert "iteration 2/4 done in 2m05s" in line
     assert "criteria 1/4 passed (failing: dmc, stability, reference)" in line
-    assert "holes 7 found/5 labelled/2 confirmed" in line and "ETA <= 4m10s (2 iterations at most)" in line
+    assert (
+        "holes 7 found/5 labelled/2 confirmed" in line and "ETA <= 4m10s (2 more iterations at most)" in line
+    )
     assert "ETA" not in iteration_line(record(2, converged=True), 1.0, 4, 10.0)
 
 
@@ -268,6 +271,7 @@ def test_build_runs_the_loop_and_reports(codes, tmp_path, monkeypatch):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     result = build("h2.xyz", "--reference", "xtb", "--protocol", "fast", "--overrides", "tiny.yaml")
     out = result.output
+    print(out)  # shown when an assertion fails
     assert "Traceback" not in out, out
     # live progress: the work chain's reports with the iteration, then a line per finished iteration
     assert "| initial data] sampling structures around the molecule" in out
