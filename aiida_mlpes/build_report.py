@@ -109,6 +109,10 @@ class BuildProgress(logging.Handler):
         self._failures()
         self._iterations(calls)
 
+    def show_iterations(self) -> None:
+        """Print a line per iteration the work chain ``root`` has finished (and not yet printed)."""
+        self._iterations(self._calls())
+
     def _iteration(self, calls: Mapping[str, Any]) -> int:
         """The iteration under way from the calls so far: the last trained, else 1 once the initial labelling
         ended, else 0 (the initial data are being made)."""
@@ -248,7 +252,7 @@ def final_report(node: Any, plot_path: Path | None) -> list[str]:
     if node.is_finished_ok:
         message = "converged: every criterion holds"
     else:
-        message = _why(node) or node.process_state.value
+        message = _why(node) or node.process_status or node.process_state.value
     lines = ["", f"ConstructPESWorkChain<{node.pk}>: exit status {status}, {message}"]
     outputs = node.outputs
     details = f"Details: verdi process report {node.pk}"

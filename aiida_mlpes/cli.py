@@ -1,6 +1,6 @@
-"""``aiida-mlpes``: the user command line (set-up; build a PES from a structure file (``build``, in
-:mod:`aiida_mlpes.cli_build`); datasets: import, show, export, list, merge; models: list, show, export, lineage,
-retrain).
+"""``aiida-mlpes``: the user command line (set-up; build a PES from a structure file and report on it:
+``build``, ``report``, in :mod:`aiida_mlpes.cli_build`; datasets: import, show, export, list, merge; models: list,
+show, export, lineage, retrain).
 
 Commands that touch the database take ``-p/--profile`` (default: the profile already loaded, else the default
 profile of ``AIIDA_PATH``). A node that does not exist or has the wrong type is one line on stderr and exit
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from aiida_mlpes.cli_build import build
+from aiida_mlpes.cli_build import build, report
 
 DEFAULT_PROFILE = "mlpes"
 COMPUTER = "localhost"
@@ -61,6 +61,7 @@ def cli() -> None:
 
 
 cli.add_command(build)
+cli.add_command(report)
 
 
 @cli.command()

@@ -358,7 +358,9 @@ def _submit(builder) -> None:
         raise click.ClickException(f"could not submit: {type(exc).__name__}: {exc}") from None
     click.echo(f"Submitted ConstructPESWorkChain<{node.pk}>")
     click.echo(f"  follow it:  verdi process report {node.pk}   (state: verdi process status {node.pk})")
-    click.echo(f"  when done:  verdi process show {node.pk}; aiida-mlpes model list")
+    click.echo(
+        f"  its report: aiida-mlpes report {node.pk}   (a line per finished iteration; the summary at the end)"
+    )
     try:
         running = get_daemon_client().is_daemon_running
     except Exception:  # a profile without a daemon configuration
@@ -380,3 +382,41 @@ def _run(builder, plot_path: Path) -> None:
         click.echo(line)
     if not node.is_finished_ok:
         raise SystemExit(1)
+
+
+@click.command("report")
+@click.argument("identifier")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the convergence plot here (PNG).",
+)
+@click.option("-p", "--profile", default=None, help="AiiDA profile (default: the default profile).")
+def report(identifier: str, plot_path: Path | None, profile: str | None) -> None:
+    """The report of a ConstructPESWorkChain (PK, UUID or label), e.g. one sent with `build --submit`: a line
+    per finished iteration and, once it has ended, what `aiida-mlpes build` prints at the end."""
+    from aiida import orm
+
+    from aiida_mlpes.build_report import BuildProgress, final_report
+    from aiida_mlpes.cli import _get_node, _load
+    from aiida_mlpes.core.convergence import LoopSettings
+
+    _load(profile)
+    node = _get_node(identifier, orm.WorkChainNode, "ConstructPESWorkChain")
+    if node.process_label != "ConstructPESWorkChain":
+        raise click.ClickException(
+            f"node {identifier} is a {node.process_label}, not a ConstructPESWorkChain"
+        )
+    settings = LoopSettings.from_dict(node.inputs.settings.get_dict())
+    progress = BuildProgress(click.echo, settings.max_iterations)
+    progress.root = node
+    progress.show_iterations()
+    if not node.is_terminated:
+        click.echo(
+            f"ConstructPESWorkChain<{node.pk}> is {node.process_state.value}: verdi process report {node.pk}"
+        )
+        return
+    for line in final_report(node, plot_path):
+        click.echo(line)

@@ -264,6 +264,14 @@ def test_record_lines_put_model_beside_reference():
     assert "reference: not computed (frequencies: missing labels)" in "\n".join(record_lines(no_reference))
 
 
+def test_report_of_a_missing_or_wrong_node():
+    assert_one_line_error(CliRunner().invoke(cli, ["report", "987654321"]), "no node with PK")
+    number = orm.Int(3).store()
+    assert_one_line_error(
+        CliRunner().invoke(cli, ["report", str(number.pk)]), "is a Int, not a ConstructPESWorkChain"
+    )
+
+
 @pytest.mark.slow
 def test_build_runs_the_loop_and_reports(codes, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -289,3 +297,9 @@ def test_build_runs_the_loop_and_reports(codes, tmp_path, monkeypatch):
     assert abs(float(model.split()[1]) - float(reference.split()[1])) < 500
     assert "Convergence plot: h2_convergence.png" in out
     assert (tmp_path / "h2_convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same report later, from the PK (what `build --submit` points to)
+    pk = status.split("<", 1)[1].split(">", 1)[0]
+    again = CliRunner().invoke(cli, ["report", pk])
+    assert again.exit_code == 0, again.output
+    assert status in again.output and "iteration 1/2 done in" in again.output
+    assert next(line for line in again.output.splitlines() if line.startswith("  model ")) == model
