@@ -82,7 +82,8 @@ def test_sampling_failure_keeps_the_initial_dataset(workchain):
     process.ctx.sample = finished("aiida.calculations:mlpes.sample", 300)
     exit_code = process.inspect_sampling()
     assert exit_code.status == 401
-    assert outputs(process) == {"dataset"}
+    assert outputs(process) == {"dataset", "history", "convergence_plot"}
+    assert process.outputs["history"]["iterations"] == []
 
 
 def test_training_failure_in_a_later_iteration_emits_the_last_model_and_the_history(workchain):
