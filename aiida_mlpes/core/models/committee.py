@@ -239,27 +239,33 @@ class Committee(nn.Module):
         compute_forces: bool,
         create_graph: bool,
     ) -> dict[str, torch.Tensor]:
-        """Fallback for large molecules (geometry-dependent neighbour lists): members one after another."""
+        """The members one after another on their slices of ``positions`` (K, N, 3), then one backward for
+        all members' forces. Used for large molecules (geometry-dependent neighbour lists) and for batches
+        large enough that the arithmetic, not the per-operation overhead, sets the cost."""
         params, buffers = self._member_inputs()
-        outs = []
-        for m in range(self.size):
-            inputs = {
-                key: (
-                    value[m] if key in PER_MEMBER_KEYS and value.dim() > 0 and positions.dim() == 3 else value
+        per_member = batch["positions"].dim() == 3
+        grad_context = torch.enable_grad() if compute_forces else contextlib.nullcontext()
+        with grad_context:
+            if compute_forces and not positions.requires_grad:
+                positions = positions.detach().clone().requires_grad_(True)
+            outs = []
+            for m in range(self.size):
+                inputs = {
+                    key: (value[m] if per_member and key in PER_MEMBER_KEYS and value.dim() > 0 else value)
+                    for key, value in batch.items()
+                }
+                inputs["positions"] = positions[m]
+                member = ({n: p[m] for n, p in params.items()}, {n: b[m] for n, b in buffers.items()})
+                outs.append(functional_call(self.stack, member, (inputs,), {"compute_forces": False}))
+            out = {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
+            if compute_forces:
+                (grad,) = torch.autograd.grad(
+                    out["energy"].sum(), positions, create_graph=create_graph, retain_graph=create_graph
                 )
-                for key, value in batch.items()
-            }
-            inputs["positions"] = positions[m]
-            member = ({n: p[m] for n, p in params.items()}, {n: b[m] for n, b in buffers.items()})
-            outs.append(
-                functional_call(
-                    self.stack,
-                    member,
-                    (inputs,),
-                    {"compute_forces": compute_forces, "create_graph": create_graph},
-                )
-            )
-        return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
+                out["forces"] = -grad
+        if not create_graph:
+            out = {key: value.detach() for key, value in out.items()}
+        return out
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
