@@ -29,11 +29,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train import nh3_data  # noqa: E402  (benchmarks/train.py: cached tblite-labelled NH3)
+from train import nh3_data
 
-from aiida_mlpes.core.calculator import MLPESCalculator  # noqa: E402
-from aiida_mlpes.core.characterize.dmc import run_dmc  # noqa: E402
-from aiida_mlpes.core.models import Committee, ModelConfig, build_model  # noqa: E402
+from aiida_mlpes.core.calculator import MLPESCalculator
+from aiida_mlpes.core.characterize.dmc import run_dmc
+from aiida_mlpes.core.models import Committee, ModelConfig, build_model
 
 K = 4
 NUMBERS = np.array([7, 1, 1, 1])
@@ -65,9 +65,9 @@ def members(config: ModelConfig) -> list:
     for seed in range(K):
         torch.manual_seed(seed)
         model = build_model(config).eval()
-        with torch.no_grad():  # give the zero-initialised output layers weights: a non-flat surface
+        with torch.no_grad():  # small weights in the zero-initialised output layers: members differ by meV
             for block in getattr(model, "blocks", []):
-                block.output.weight.normal_(0.0, 0.1)
+                block.output.weight.normal_(0.0, 1e-3)
         out.append(model)
     return out
 
@@ -82,7 +82,9 @@ def best_of(function, repeats: int) -> tuple[float, float]:
     return stats(times)
 
 
-def dmc_rate(potential, nwalkers: int, nsteps: int, repeats: int, threshold: float | None) -> tuple[float, float]:
+def dmc_rate(
+    potential, nwalkers: int, nsteps: int, repeats: int, threshold: float | None
+) -> tuple[float, float]:
     positions = nh3_minimum()
     rates = []
     for repeat in range(repeats):
@@ -125,7 +127,9 @@ def line(label: str, single: tuple[float, float], committee: tuple[float, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10, help="timed training epochs per run")
@@ -146,8 +150,12 @@ def main() -> None:
         data = Path(tempfile.gettempdir()) / "aiida-mlpes-benchmarks" / "nh3_gfn2_random_100.h5"
         arrays = nh3_data(data, "random")
         split = split_indices(arrays.hash, seed=0)
-        single = [epoch_seconds(arrays, split, config, 1, args.epochs, args.threads) for _ in range(args.repeats)]
-        committee = [epoch_seconds(arrays, split, config, K, args.epochs, args.threads) for _ in range(args.repeats)]
+        single = [
+            epoch_seconds(arrays, split, config, 1, args.epochs, args.threads) for _ in range(args.repeats)
+        ]
+        committee = [
+            epoch_seconds(arrays, split, config, K, args.epochs, args.threads) for _ in range(args.repeats)
+        ]
         line("training s/epoch (80 NH3, batch 32)", stats(single), stats(committee), TARGETS["train"], "s")
         print(f"{'':34s} (4 separate trainings would take {4 * min(single):.4g} s/epoch)")
 
@@ -173,13 +181,24 @@ def main() -> None:
     loop_time = best_of(lambda: loop.evaluate(positions), args.repeats)
     for m in models:
         m.use_fast_path = True
+    committee_model.strategy = "vmap"
+    vmap_time = best_of(lambda: many.evaluate(positions), args.repeats)
+    committee_model.strategy = "grouped"
     print(
-        f"{'':34s} one model, regular forward: {regular_time[0]:.4g} s ({committee_time[0] / regular_time[0]:.2f}x); "
-        f"member loop: {loop_time[0]:.4g} s ({loop_time[0] / single_time[0]:.2f}x)"
+        f"{'':34s} one model, regular forward: {regular_time[0]:.4g} s (committee {committee_time[0] / regular_time[0]:.2f}x "
+        f"of it); member loop: {loop_time[0]:.4g} s ({loop_time[0] / single_time[0]:.2f}x); vmap strategy: "
+        f"{vmap_time[0]:.4g} s ({vmap_time[0] / single_time[0]:.2f}x)"
+    )
+    small = positions[:1]
+    one_small = best_of(lambda: one.evaluate(small), 20 * args.repeats)
+    many_small = best_of(lambda: many.evaluate(small), 20 * args.repeats)
+    print(
+        f"{'energy+forces, 1 NH3 (ASE calculator)':34s} one {one_small[0] * 1e3:.3g} ms, committee "
+        f"{many_small[0] * 1e3:.3g} ms ({many_small[0] / one_small[0]:.2f}x; no target)"
     )
 
     single_rate = dmc_rate(one, args.walkers, args.steps, args.repeats, None)
-    committee_rate = dmc_rate(many, args.walkers, args.steps, args.repeats, 10.0)
+    committee_rate = dmc_rate(many, args.walkers, args.steps, args.repeats, 1.0)
     line(
         f"DMC walker-steps/s ({args.walkers} walkers)", single_rate, committee_rate, TARGETS["dmc"], "/s",
         higher_is_better=True,
