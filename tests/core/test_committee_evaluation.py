@@ -114,7 +114,7 @@ def test_predict_and_committee_predict_accept_committees(tmp_path, members):
 
 @pytest.fixture
 def workdir(tmp_path):
-    data = morse_molecules(WATER_METHANE, 24, seed=5)
+    data = morse_molecules(WATER_METHANE, 20, seed=5)
     write_dataset(tmp_path / "dataset.h5", data, level_of_theory="morse")
     return tmp_path
 
@@ -125,7 +125,7 @@ def test_train_task_with_committee_size_through_the_runner(workdir):
     settings = {
         "dataset": "dataset.h5",
         "model": TINY,
-        "training": {**FAST, "max_epochs": 3},
+        "training": {**FAST, "max_epochs": 2},
         "committee_size": 3,
     }
     (workdir / "input.json").write_text(json.dumps(settings))
