@@ -132,6 +132,16 @@ def test_member_orders_keep_compositions_aligned(mixed):
         assert sorted(order) == list(range(16))  # every conformation once per epoch
     assert np.all(signature[orders] == signature[orders[0]])  # same atoms at every slot
     assert not np.array_equal(orders[0], orders[1])  # own data order
+    # one collate of the member blocks equals collating each member's batch and stacking them
+    from aiida_mlpes.core.models.committee import stack_batches, unstack_members
+    from aiida_mlpes.core.training.targets import DeviceBatches
+
+    data = DeviceBatches(mixed, torch.device("cpu"), torch.float64)
+    flat = unstack_members(data.batch(orders[:, 2:7].reshape(-1)), 3)
+    stacked = stack_batches([data.batch(order[2:7]) for order in orders])
+    assert set(flat) == set(stacked)
+    for key, value in stacked.items():
+        assert torch.equal(flat[key], value), key
 
 
 def test_committee_training_lowers_each_members_loss_and_members_differ(tmp_path, mixed):

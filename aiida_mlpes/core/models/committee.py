@@ -332,6 +332,23 @@ def stack_batches(batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
     return out
 
 
+def unstack_members(flat: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
+    """A committee batch from ONE collate dict of ``size`` member blocks (member k's conformations in block
+    k, every block with the same atoms, as :func:`member_orders` gives): the same as :func:`stack_batches`
+    of the blocks, without collating K times."""
+    n_mol = len(flat["n_atoms"]) // size
+    n = len(flat["atomic_numbers"]) // size
+    out = {
+        "atomic_numbers": flat["atomic_numbers"][:n],
+        "batch": flat["batch"][:n],
+        "n_atoms": flat["n_atoms"][:n_mol],
+    }
+    for key in PER_MEMBER_KEYS:
+        if key in flat:
+            out[key] = flat[key].reshape(size, -1, *flat[key].shape[1:])
+    return out
+
+
 def member_orders(
     order: np.ndarray, signature: np.ndarray, rngs: Sequence[np.random.Generator]
 ) -> np.ndarray:
