@@ -138,17 +138,27 @@ def test_train_task_with_committee_size_through_the_runner(workdir):
         assert set(result["metrics"][name]) >= {"energy", "forces"}
     model = load_model(workdir / "model.pt")
     assert isinstance(model, Committee) and model.size == 3
+
+
+def test_train_task_fine_tunes_a_committee_file_and_rejects_bad_sizes(workdir):
+    from aiida_mlpes.core.models import ModelConfig
+
+    config = ModelConfig(elements=[1, 6, 8], **TINY)
+    save_model(Committee.from_config(config, 2, seed=3), workdir / "parent.pt")
+    settings = {"dataset": "dataset.h5", "training": {**FAST, "max_epochs": 1}, "parent_model": "parent.pt"}
+    result = run_train_task(settings, workdir)  # committee_size left out: the parent's 2 members
+    assert result["committee"]["size"] == 2 and load_model(workdir / "model.pt").size == 2
     tested = run_test_task({"dataset": "dataset.h5", "model": "model.pt", "subset": "test"}, workdir)
     assert tested["metrics"]["energy"]["n"] == result["n_conformations"]["test"]
-    # fine-tuning the committee file member-wise; a single-model parent with K > 1 is an error
-    tune = {**settings, "parent_model": "model.pt", "committee_size": None, "model": None}
-    assert run_train_task(tune, workdir)["committee"]["size"] == 3
+    assert "predictions.csv" in tested["files"]
+    with pytest.raises(TaskError, match="committee_size 1 but the parent model is a committee of 2"):
+        run_train_task({**settings, "committee_size": 1}, workdir)
     with pytest.raises(TaskError, match="committee_size must be an integer >= 1"):
         run_train_task({**settings, "committee_size": 0}, workdir)
     torch.manual_seed(0)
-    save_model(model.member(0), workdir / "single.pt")
+    save_model(Committee.from_config(config, 2).member(0), workdir / "single.pt")
     with pytest.raises(TaskError, match="zero spread"):
-        run_train_task({**settings, "parent_model": "single.pt", "model": None}, workdir)
+        run_train_task({**settings, "parent_model": "single.pt", "committee_size": 3}, workdir)
 
 
 def test_single_model_train_task_reports_no_committee(workdir):
