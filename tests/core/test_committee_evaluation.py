@@ -53,6 +53,8 @@ def test_calculator_and_potential_of_a_committee_file(tmp_path, members):
     np.testing.assert_allclose(atoms.get_forces(), forces[:, 0].mean(axis=0), atol=1e-9)
     assert calc.results["energy_std"] == pytest.approx(energies[:, 0].std(), abs=1e-9)
     np.testing.assert_allclose(calc.results["forces_std"], forces[:, 0].std(axis=0), atol=1e-9)
+    worst = np.linalg.norm(forces[:, 0].std(axis=0), axis=-1).max()
+    assert calc.results["forces_std_max"] == pytest.approx(worst, abs=1e-9)
     assert atoms.get_dipole_moment().shape == (3,)
 
     potential = calc.as_potential([8, 1, 1], return_std=True, chunk_size=2)  # chunks: 2 + 2 + 1
