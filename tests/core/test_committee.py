@@ -70,6 +70,18 @@ def test_committee_equals_its_members_evaluated_one_by_one(architecture, dtype, 
     assert float(out["energy"].std(dim=0).min()) > 1e-3
 
 
+def test_large_molecules_fall_back_to_the_member_loop(mixed):
+    # all_pairs_max_atoms=3: methane (5 atoms) takes the geometry-dependent neighbour list
+    members = distinct_members(small_config(dtype="float64", all_pairs_max_atoms=3), 2)
+    committee = Committee.from_members(members)
+    batch = collate(mixed, np.arange(4), dtype=torch.float64)
+    out = committee(batch)
+    for k, member in enumerate(members):
+        ref = member(batch)
+        for key in ("energy", "forces"):
+            np.testing.assert_allclose(out[key][k].numpy(), ref[key].numpy(), rtol=1e-10, atol=1e-10)
+
+
 def test_committee_gradients_stay_within_each_member(mixed):
     committee = Committee.from_members(distinct_members(small_config(dtype="float64")))
     batch = collate(mixed, np.arange(4), dtype=torch.float64)

@@ -282,8 +282,7 @@ class Committee(nn.Module):
         create_graph: bool,
     ) -> dict[str, torch.Tensor]:
         """The members one after another on their slices of ``positions`` (K, N, 3), then one backward for
-        all members' forces. Used for large molecules (geometry-dependent neighbour lists) and for batches
-        large enough that the arithmetic, not the per-operation overhead, sets the cost."""
+        all members' forces; for molecules above ``all_pairs_max_atoms`` (geometry-dependent pair lists)."""
         params, buffers = self._member_inputs()
         per_member = batch["positions"].dim() == 3
         grad_context = torch.enable_grad() if compute_forces else contextlib.nullcontext()
