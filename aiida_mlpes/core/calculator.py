@@ -2,9 +2,9 @@
 
 - :class:`MLPESCalculator`: ASE calculator with ``energy``, ``forces``, ``dipole`` and ``charges``; with a
   committee (a committee model file, a :class:`~.models.Committee`, or a list of models) it returns committee
-  means plus ``energy_std`` (eV) and ``forces_std`` (eV/Angstrom, per atom and component) as extra results
-  (query by committee). A list of models of one ModelConfig is stacked into one Committee, so all members
-  are evaluated in one batched call.
+  means plus ``energy_std`` (eV), ``forces_std`` (eV/Angstrom, per atom and component) and ``forces_std_max``
+  (eV/Angstrom) as extra results (query by committee). A list of models of one ModelConfig is stacked into
+  one Committee, so all members are evaluated in one batched call.
 - :meth:`MLPESCalculator.as_potential` -> :class:`MLPotential`: the DESIGN.md Potential contract,
   ``potential(positions (B, N, 3) Angstrom) -> (energies (B,) eV, forces (B, N, 3) eV/Angstrom)``, for one
   fixed molecule. Species, pair list and batch indices are built once and cached per chunk size, so a call
@@ -391,3 +391,5 @@ class MLPESCalculator(Calculator):
         if len(energy) > 1:
             self.results["energy_std"] = float(committee_std(energy))
             self.results["forces_std"] = committee_std(forces)
+            # SPARC's selection measure: the largest per-atom norm of the force std (eV/Angstrom)
+            self.results["forces_std_max"] = float(np.linalg.norm(self.results["forces_std"], axis=-1).max())

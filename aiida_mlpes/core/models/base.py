@@ -19,7 +19,7 @@ from ase.data import chemical_symbols
 from torch import nn
 
 from .config import ModelConfig
-from .layers import polynomial_cutoff
+from .layers import lookup, polynomial_cutoff, times_features
 from .neighbors import all_pairs, build_pairs
 
 if TYPE_CHECKING:
@@ -211,7 +211,12 @@ class AtomisticModel(nn.Module):
                 species, vectors, distances, idx_i, idx_j, atom_charge
             )
             scale = self.energy_scale.to(energy_atomic.dtype)
-            energy = energy_atomic.new_zeros(n_mol).index_add_(0, batch_index, energy_atomic) * scale
+            energy = energy_atomic.new_zeros(n_mol).index_add_(0, batch_index, energy_atomic)
+            # a committee stack (committee.py) has one scale per member and member-blocked molecules
+            if scale.dim() == 0:
+                energy = energy * scale
+            else:
+                energy = times_features(energy.unsqueeze(1), scale.unsqueeze(1)).squeeze(1)
             out: dict[str, torch.Tensor] = {}
             if raw_charges is not None:
                 total_raw = raw_charges.new_zeros(n_mol).index_add_(0, batch_index, raw_charges)
@@ -237,7 +242,7 @@ class AtomisticModel(nn.Module):
                 )
                 out["forces"] = -grad
         reference = positions.new_zeros(n_mol, dtype=torch.float64).index_add_(
-            0, batch_index, self.element_energies[species]
+            0, batch_index, lookup(self.element_energies, species, 1)
         )
         out["energy"] = energy.to(torch.float64) + reference
         if compute_forces and not create_graph:

@@ -22,7 +22,7 @@ from torch import nn
 from .base import AtomisticModel
 from .config import ModelConfig
 from .fast import physnet_energy_forces
-from .layers import Dense, ExpNormalRBF, Residual, make_activation, scatter_sum
+from .layers import Dense, ExpNormalRBF, Residual, lookup, make_activation, scatter_sum, times_features
 
 
 class PhysNetModule(nn.Module):
@@ -61,7 +61,7 @@ class PhysNetModule(nn.Module):
         m = h_i + scatter_sum(filters * h_j.index_select(0, idx_j), idx_i, len(x))
         for layer in self.residual_interaction:
             m = layer(m)
-        x = self.gate * x + self.dense_update(self.act(m))
+        x = times_features(x, self.gate) + self.dense_update(self.act(m))
         for layer in self.residual_atomic:
             x = layer(x)
         y = x
@@ -97,11 +97,11 @@ class PhysNet(AtomisticModel):
         idx_j: torch.Tensor,
         atom_charge: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.embedding.index_select(0, species)
+        x = lookup(self.embedding, species, 2)
         if self.charge_vector is not None:
-            x = x + atom_charge.unsqueeze(1) * self.charge_vector
+            x = x + times_features(atom_charge.unsqueeze(1), self.charge_vector)
         filters = self.filters(self.rbf(distances)).split(self.config.n_features, dim=-1)
-        total = self.output_shift.index_select(0, species)
+        total = lookup(self.output_shift, species, 2)
         for block, block_filters in zip(self.blocks, filters, strict=True):
             x, out = block(x, block_filters, idx_i, idx_j)
             total = total + out

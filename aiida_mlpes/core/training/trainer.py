@@ -38,7 +38,7 @@ from aiida_mlpes.core.models.committee import (
     check_committee_size,
     composition_signature,
     member_orders,
-    stack_batches,
+    unstack_members,
 )
 from aiida_mlpes.core.ragged import RaggedArrays
 
@@ -220,7 +220,10 @@ class Trainer:
             if orders is None:
                 inputs = data.batch(order[start : start + batch_size])
             else:
-                inputs = stack_batches([data.batch(o[start : start + batch_size]) for o in orders])
+                # one collate of the K member blocks (same atoms in every block), split into members
+                inputs = unstack_members(
+                    data.batch(orders[:, start : start + batch_size].reshape(-1)), len(orders)
+                )
             out = model(inputs, compute_forces=need_forces, create_graph=need_forces)
             loss, rows = loss_fn(out, inputs)
             self.optimizer.zero_grad(set_to_none=True)
