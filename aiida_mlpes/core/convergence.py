@@ -128,7 +128,7 @@ class LoopSettings(BaseModel):
     scratch_fallback: bool = Field(
         default=True,
         description="Retrain from scratch when a fine-tuned committee is worse than its parent on the fixed "
-        "test set (energy or force MAE more than 1.5x the parent's).",
+        "test set: energy or force MAE more than 1.5x the parent's and above its tolerance.",
     )
     validate_frequencies: bool = Field(
         default=True,

@@ -129,8 +129,22 @@ def test_a_worse_fine_tuned_committee_is_retrained_from_scratch(workchain):
     process = workchain()
     process.ctx.fine_tuned = True
     process.ctx.parent_test = {"energy": {"mae": 0.01}, "forces": {"mae": 0.1}}
-    worse = orm.Dict({"energy": {"mae": 0.02}, "forces": {"mae": 0.1}})
-    process.ctx.fixed_test = finished("aiida.calculations:mlpes.test", 0, metrics=worse)
+
+    def worse():  # 2x the parent and above the 0.01 eV tolerance
+        return orm.Dict({"energy": {"mae": 0.02}, "forces": {"mae": 0.1}})
+
+    process.ctx.fixed_test = finished("aiida.calculations:mlpes.test", 0, metrics=worse())
+    process.inspect_fixed_test()
+    assert process.should_retrain_from_scratch()
+    # worse, but still within the tolerance: kept
+    process.ctx.parent_test = {"energy": {"mae": 0.001}, "forces": {"mae": 0.1}}
+    process.ctx.fixed_test = finished(
+        "aiida.calculations:mlpes.test", 0, metrics=orm.Dict({"energy": {"mae": 0.005}})
+    )
+    process.inspect_fixed_test()
+    assert not process.should_retrain_from_scratch()
+    process.ctx.parent_test = {"energy": {"mae": 0.01}, "forces": {"mae": 0.1}}
+    process.ctx.fixed_test = finished("aiida.calculations:mlpes.test", 0, metrics=worse())
     process.inspect_fixed_test()
     assert process.should_retrain_from_scratch()
     # the retraining is done once: its result is kept even if it is no better
