@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -27,6 +26,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from .models import AtomisticModel, load_model
 from .models.fast_numpy import NumpyPhysNet
 from .models.neighbors import all_pairs
+from .threads import default_threads, threads_for, torch_threads
 
 ModelLike = str | os.PathLike | AtomisticModel
 
@@ -63,63 +63,9 @@ def committee_std(values: np.ndarray) -> np.ndarray:
     return np.std(values - values[:1], axis=0)
 
 
-#: Chunks with fewer atoms than this run on one thread: thread start-up costs more than it saves, and on
-#: a shared machine a second thread that waits for a busy core can slow a call down many times.
-SMALL_CHUNK_ATOMS = 512
 #: Chunks up to this many atoms use the numpy engine (PhysNet): faster per call for a few atoms, slower
 #: than torch from about 32-64 atoms on (measured with 128 features).
 NUMPY_MAX_ATOMS = 32
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily run torch on ``n`` intra-op threads (``None``: leave the setting alone)."""
-    previous = torch.get_num_threads()
-    if n is None or n == previous:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-class ThreadChooser:
-    """Picks the faster of 1 and ``max_threads`` torch threads for large chunks, by timing real calls.
-
-    On a machine shared with other jobs a second OpenMP thread that waits for a busy core can make a call
-    several times slower than one thread; on an idle machine two threads are ~1.7x faster. Each count is
-    timed (seconds per structure, median of the last few calls); the faster one is used and the other is
-    re-timed after ``probe_every`` x (its slowdown) calls, so the choice follows the machine's load while
-    probing costs at most ~1/``probe_every`` of the run time.
-    """
-
-    def __init__(self, max_threads: int, probe_every: int = 16, window: int = 5) -> None:
-        self.options = sorted({1, max(1, max_threads)})
-        self.samples: dict[int, list[float]] = {n: [] for n in self.options}
-        self.probe_every = probe_every
-        self.window = window
-        self.since_probe = 0
-
-    def choose(self) -> int:
-        """Thread count for the next large chunk."""
-        missing = [n for n in self.options if len(self.samples[n]) < 2]
-        if missing:
-            return missing[0]
-        ranked = sorted(self.options, key=lambda n: float(np.median(self.samples[n])))
-        if len(ranked) > 1:
-            slowdown = float(np.median(self.samples[ranked[1]]) / np.median(self.samples[ranked[0]]))
-            self.since_probe += 1
-            if self.since_probe >= self.probe_every * slowdown:
-                self.since_probe = 0
-                return ranked[1]
-        return ranked[0]
-
-    def record(self, threads: int, seconds_per_structure: float) -> None:
-        samples = self.samples[threads]
-        samples.append(seconds_per_structure)
-        del samples[: -self.window]
 
 
 class MLPotential:
@@ -131,9 +77,9 @@ class MLPotential:
         charge: total charge in e.
         chunk_size: structures evaluated per network call (bounds memory; larger batches are split).
         return_std: if True, ``__call__`` returns ``(energies, forces, energy_std)``.
-        num_threads: torch threads for chunks of ``SMALL_CHUNK_ATOMS`` atoms or more; ``None`` (default)
-            times real calls and uses the faster of 1 and torch's current setting (:class:`ThreadChooser`).
-            Smaller chunks always use one thread.
+        num_threads: the most torch threads a chunk may use; ``None`` (default): torch's current setting
+            (``torch.set_num_threads``) capped by the cores the job is given (:mod:`..threads`). Each chunk
+            uses ``threads_for(its atom count, this cap)`` threads: small chunks run on one thread.
         use_numpy: evaluate chunks of at most ``NUMPY_MAX_ATOMS`` atoms of a PhysNet with the numpy engine
             (``models/fast_numpy.py``; 2-3x lower per-operation overhead than torch).
     """
@@ -149,9 +95,9 @@ class MLPotential:
         use_numpy: bool = True,
     ) -> None:
         self.models = list(models)
+        if num_threads is not None and int(num_threads) < 1:
+            raise ValueError(f"num_threads must be a positive integer, got {num_threads}")
         self.num_threads = num_threads
-        #: one chooser for energy+forces calls, one for energies only (different costs)
-        self.thread_choosers = {f: ThreadChooser(torch.get_num_threads()) for f in (True, False)}
         self.numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
         if len(self.numbers) == 0:
             raise ValueError("numbers is empty: a potential needs at least one atom")
@@ -210,7 +156,6 @@ class MLPotential:
         """Model ``m`` on one chunk (B, N, 3): energy (B,), forces (B, N, 3), charges (B, N), dipole (B, 3)."""
         b = len(positions)
         engine = self._numpy[m]
-        small = b * self.n_atoms < SMALL_CHUNK_ATOMS
         if engine is not None and b * self.n_atoms <= NUMPY_MAX_ATOMS:
             try:
                 return engine(positions, forces=forces)
@@ -220,20 +165,12 @@ class MLPotential:
         batch = self._batch(chunk)
         model = self.models[m]
         on_cpu = self.device.type == "cpu"
-        threads = 1 if small else self.num_threads
-        auto = on_cpu and threads is None
-        if auto:
-            threads = self.thread_choosers[forces].choose()
-        start = time.perf_counter()
-        with torch_threads(threads) if on_cpu else _nothing():
+        with torch_threads(self.threads(b)) if on_cpu else _nothing():
             if forces:
                 out = model(batch, compute_forces=True)
             else:
                 with torch.inference_mode():
                     out = model(batch, compute_forces=False)
-        if auto:
-            # auto: threads was set by choose() above
-            self.thread_choosers[forces].record(cast(int, threads), (time.perf_counter() - start) / b)
         result = {"energy": out["energy"].cpu().numpy()}
         if forces:
             result["forces"] = out["forces"].reshape(b, self.n_atoms, 3).cpu().numpy().astype(np.float64)
@@ -243,6 +180,11 @@ class MLPotential:
             )
             result["dipole"] = out["dipole"].cpu().numpy().astype(np.float64)
         return result
+
+    def threads(self, n_structures: int) -> int:
+        """Torch threads for a chunk of ``n_structures`` structures (see ``num_threads``)."""
+        cores = default_threads() if self.num_threads is None else self.num_threads
+        return threads_for(n_structures * self.n_atoms, cores)
 
     def refresh(self) -> None:
         """Re-read the models' weights (only needed after writing to ``param.data`` directly)."""

@@ -21,6 +21,7 @@ import torch
 
 from aiida_mlpes.core.models import AtomisticModel, ModelConfig, build_model, load_model, save_model
 from aiida_mlpes.core.ragged import RaggedArrays
+from aiida_mlpes.core.threads import default_threads
 
 from .components import evaluate_loss, make_optimizer, progress_bar, resolve_device
 from .config import TrainingConfig
@@ -87,8 +88,9 @@ class Trainer:
         self.config = config or TrainingConfig()
         self.workdir = Path(workdir)
         self.device = resolve_device(self.config.device)
-        if self.config.threads and self.device.type == "cpu":
-            torch.set_num_threads(int(self.config.threads))
+        if self.device.type == "cpu":
+            # a rule, not a timing: the given threads, else the cores the job is given (core/threads.py)
+            torch.set_num_threads(int(self.config.threads or default_threads()))
         self.parent = parent
         self.model: AtomisticModel
         self.model_config: ModelConfig
