@@ -208,7 +208,7 @@ def nh3_batches(dtype: torch.dtype, b: int = 3) -> tuple[dict, dict]:
     n_atoms = [4] * b + [3]
     numbers = [7, 1, 1, 1] * b + [8, 1, 1]
     positions = np.concatenate([NH3 + rng.normal(0, 0.08, (4, 3)) for _ in range(b)] + [NH3[:3]])
-    mixed = RaggedArrays(n_atoms, numbers, positions, charge=np.array([0.0, 1.0, -1.0, 0.0][:b] + [0.0]))
+    mixed = RaggedArrays(n_atoms, numbers, positions, charge=np.array([*[0.0, 1.0, -1.0, 0.0][:b], 0.0]))
     return collate(mixed, np.arange(b), dtype=dtype), collate(mixed, dtype=dtype)
 
 
