@@ -5,9 +5,9 @@
   (eV/Angstrom, per atom and component) as extra results (query by committee).
 - :meth:`MLPESCalculator.as_potential` -> :class:`MLPotential`: the DESIGN.md Potential contract,
   ``potential(positions (B, N, 3) Angstrom) -> (energies (B,) eV, forces (B, N, 3) eV/Angstrom)``, for one
-  fixed molecule. Species, pair list and batch indices are built once and cached per chunk size, so a call
-  costs the network and nothing else. ``potential.energies(positions)`` skips forces (about half the cost;
-  DMC needs no forces), ``potential.uncertainty(positions)`` gives the committee energy std (B,) eV, and
+  fixed molecule. Species and batch indices are built once and cached per chunk size (one molecule runs in
+  the model's dense pair layout, which needs no pair list), so a call costs the network and nothing else.
+  ``potential.energies(positions)`` skips forces (no autograd; DMC needs no forces), ``potential.uncertainty(positions)`` gives the committee energy std (B,) eV, and
   ``as_potential(..., return_std=True)`` makes calls return ``(energies, forces, energy_std)``.
 """
 
@@ -25,7 +25,6 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from .models import AtomisticModel, load_model
 from .models.fast_numpy import NumpyPhysNet
-from .models.neighbors import all_pairs
 from .threads import default_threads, threads_for, torch_threads
 
 ModelLike = str | os.PathLike | AtomisticModel
@@ -132,8 +131,8 @@ class MLPotential:
                 "n_atoms": n_atoms,
                 "charge": torch.full((b,), self.charge, dtype=self.dtype, device=self.device),
             }
-            if n <= min(m.config.all_pairs_max_atoms for m in self.models):
-                cached["idx_i"], cached["idx_j"] = all_pairs(n_atoms)  # else each model builds its own
+            # no pair list: one molecule of at most all_pairs_max_atoms atoms runs in the dense layout
+            # (models/pairs.py), a larger one gets its vesin neighbour list from the model
             if len(self._cache) > 8:
                 self._cache.clear()
             self._cache[b] = cached

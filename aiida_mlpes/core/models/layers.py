@@ -114,5 +114,7 @@ class Residual(nn.Module):
         self.dense1 = Dense(n_features, n_features)
         self.dense2 = Dense(n_features, n_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.dense2(self.act(self.dense1(self.act(x))))
+    def forward(self, x: torch.Tensor, activated: torch.Tensor | None = None) -> torch.Tensor:
+        """``activated``: act(x) if the caller has it already (saves one activation)."""
+        a = self.act(x) if activated is None else activated
+        return x + self.dense2(self.act(self.dense1(a)))

@@ -52,10 +52,11 @@ class PhysNetModule(nn.Module):
         self.output = Dense(f, n_out, zero=True)
 
     def forward(
-        self, x: torch.Tensor, filters: torch.Tensor, pairs: PairGeometry
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Atomic features (N, F) and pair filters (pair shape, F) -> new features (N, F), outputs (N, n_out)."""
-        h = self.act(self.dense_ij(self.act(x))) + self.h_shift
+        self, x: torch.Tensor, activated: torch.Tensor, filters: torch.Tensor, pairs: PairGeometry
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Atomic features x (N, F), act(x), pair filters (pair shape, F) -> new features (N, F), their
+        activation (the next module's input; computed once), outputs (N, n_out)."""
+        h = self.act(self.dense_ij(activated)) + self.h_shift
         h_i, h_j = h.split(self.n_features, dim=-1)
         m = h_i + pairs.sum_j(filters * pairs.gather_j(h_j))
         for layer in self.residual_interaction:
@@ -63,10 +64,13 @@ class PhysNetModule(nn.Module):
         x = self.gate * x + self.dense_update(self.act(m))
         for layer in self.residual_atomic:
             x = layer(x)
-        y = x
+        x_activated = self.act(x)
+        y, y_activated = x, x_activated
         for layer in self.residual_output:
-            y = layer(y)
-        return x, self.output(self.act(y))
+            y, y_activated = layer(y, y_activated), None
+        if y_activated is None:
+            y_activated = self.act(y)
+        return x, x_activated, self.output(y_activated)
 
 
 class PhysNet(AtomisticModel):
@@ -92,8 +96,9 @@ class PhysNet(AtomisticModel):
             x = x + atom_charge.unsqueeze(1) * self.charge_vector
         filters = self.filters(self.rbf(pairs.distances)).split(self.config.n_features, dim=-1)
         total = self.output_shift.index_select(0, species)
+        activated = self.blocks[0].act(x)
         for block, block_filters in zip(self.blocks, filters, strict=True):
-            x, out = block(x, block_filters, pairs)
+            x, activated, out = block(x, activated, block_filters, pairs)
             total = total + out
         if self.n_out == 2:
             return total[:, 0], total[:, 1]
