@@ -41,6 +41,9 @@ class PairGeometry:
         self.n_total = len(positions)
         self.batch_index = batch_index
         self.cutoff = float(cutoff)
+        self.idx_i: torch.Tensor | None = None
+        self.idx_j: torch.Tensor | None = None
+        self.offdiagonal: torch.Tensor | None = None
         n = self.n_total // n_mol if n_mol else 0
         self.dense = bool(n_mol and 1 < n <= all_pairs_max_atoms and n * n_mol == self.n_total)
         if self.dense:
@@ -55,9 +58,7 @@ class PairGeometry:
             self.offdiagonal = 1.0 - eye
             squared = (self.vectors * self.vectors).sum(dim=-1) + eye * (self.cutoff * self.cutoff)
             self.distances = torch.sqrt(squared)
-            self.idx_i = self.idx_j = None
             return
-        self.offdiagonal = None
         if idx_i is None or idx_j is None:
             max_atoms = int(n_atoms.max()) if n_mol else 0
             self.complete = max_atoms <= all_pairs_max_atoms

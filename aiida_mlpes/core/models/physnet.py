@@ -87,6 +87,7 @@ class PhysNet(AtomisticModel):
         self.filters = Dense(k, config.n_blocks * f, bias=False)
         self.blocks = nn.ModuleList(PhysNetModule(config, self.n_out) for _ in range(config.n_blocks))
         self.output_shift = nn.Parameter(torch.zeros(n_elements, self.n_out))
+        self.act = make_activation(config.activation, before_linear=True)
 
     def atomic_outputs(
         self, species: torch.Tensor, pairs: PairGeometry, atom_charge: torch.Tensor
@@ -96,7 +97,7 @@ class PhysNet(AtomisticModel):
             x = x + atom_charge.unsqueeze(1) * self.charge_vector
         filters = self.filters(self.rbf(pairs.distances)).split(self.config.n_features, dim=-1)
         total = self.output_shift.index_select(0, species)
-        activated = self.blocks[0].act(x)
+        activated = self.act(x)
         for block, block_filters in zip(self.blocks, filters, strict=True):
             x, activated, out = block(x, activated, block_filters, pairs)
             total = total + out
