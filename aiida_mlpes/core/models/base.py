@@ -122,8 +122,10 @@ class AtomisticModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Energies (B,) eV float64, forces (sum n, 3) eV/A, atomic_charges (sum n,) e, dipole (B, 3) e*A.
 
-        ``batch`` is a :func:`collate` dict; optional ``idx_i``/``idx_j`` give a precomputed pair list (all
-        intramolecular ordered pairs, or at least all within the cutoff; the Coulomb term uses it too).
+        ``batch`` is a :func:`collate` dict (each molecule's atoms contiguous, molecules in order). A batch of
+        one molecule size (at most ``all_pairs_max_atoms``) runs in the dense pair layout (:mod:`.pairs`);
+        otherwise optional ``idx_i``/``idx_j`` give a precomputed pair list (all intramolecular ordered
+        pairs, or at least all within the cutoff; the Coulomb term uses it too).
         """
         positions = batch["positions"]
         if positions.dtype != self.dtype:
