@@ -1,9 +1,11 @@
 """``TrainCalculation`` (``mlpes.train``): train a PhysNet/PaiNN model on a PESDataset with ``aiida-mlpes-run train``.
 
-Inputs: ``dataset``, ``settings`` (Dict with ``model``, ``training`` and ``split``, see
+Inputs: ``dataset``, ``settings`` (Dict with ``model``, ``training``, ``split`` and ``committee_size``, see
 :mod:`aiida_mlpes.core.training_task`), optional ``parent_model`` (fine-tuning) and optional
 ``restart_folder`` (the ``remote_folder`` of an earlier run whose checkpoint is continued). Outputs: ``model``
 (PESModel, best EMA weights), ``learning_curve`` (CSV), ``metrics`` (Dict: valid/test MAE, RMSE, 1-r^2).
+With ``committee_size`` K >= 2 the model output is one committee file of K members trained as one batched
+model (query by committee); ``result.committee`` then holds the mean committee spread on valid and test.
 GPUs are requested through scheduler options (``metadata.options``) and ``training.device``; no code changes.
 """
 
@@ -19,7 +21,7 @@ from aiida_mlpes.calculations.base import MlpesRunCalculation
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.data.model import PESModel
 
-SETTINGS_KEYS = {"model", "training", "split"}
+SETTINGS_KEYS = {"model", "training", "split", "committee_size"}
 
 
 class TrainCalculation(MlpesRunCalculation):
@@ -45,8 +47,9 @@ class TrainCalculation(MlpesRunCalculation):
             "settings",
             valid_type=orm.Dict,
             default=lambda: orm.Dict({}),
-            help="'model' (ModelConfig fields), 'training' (TrainingConfig fields) and 'split' "
-            "({'fractions', 'seed'} or explicit 'train'/'valid'/'test' index lists).",
+            help="'model' (ModelConfig fields), 'training' (TrainingConfig fields), 'split' "
+            "({'fractions', 'seed'} or explicit 'train'/'valid'/'test' index lists) and 'committee_size' "
+            "(int, default 1; K >= 2 trains a committee of K members as one batched model, one file).",
         )
         spec.input(
             "parent_model",
@@ -86,6 +89,19 @@ class TrainCalculation(MlpesRunCalculation):
             return f"settings: unknown keys {sorted(unknown)}; allowed: {sorted(SETTINGS_KEYS)}"
         from aiida_mlpes.core.models import ModelConfig
         from aiida_mlpes.core.training import TrainingConfig
+
+        size = settings.get("committee_size", 1)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            return f"settings.committee_size must be an integer >= 1 (1: a single model), got {size!r}"
+        if "parent_model" in inputs:
+            parent_size = inputs["parent_model"].committee_size
+            if parent_size == 1 and size > 1:
+                return (
+                    f"settings.committee_size {size} with a single-model parent_model: the members would be "
+                    "identical copies with zero spread; give a committee parent or train a new committee"
+                )
+            if parent_size > 1 and "committee_size" in settings and size != parent_size:
+                return f"settings.committee_size {size} does not match the parent committee's {parent_size}"
 
         try:
             TrainingConfig.from_dict(dict(settings.get("training") or {}))
@@ -127,6 +143,7 @@ class TrainCalculation(MlpesRunCalculation):
             "model": settings.get("model"),
             "training": training,
             "split": settings.get("split"),
+            "committee_size": settings.get("committee_size"),
             "parent_model": None,
             "restart_checkpoint": self.CHECKPOINT_FILE if "restart_folder" in self.inputs else None,
             # a stop at the scheduler-derived limit is unfinished work (exit 400, resubmit to continue);

@@ -1,14 +1,19 @@
 """ASE calculator and batched Potential for trained PhysNet/PaiNN models (single models and ensembles).
 
-- :class:`MLPESCalculator`: ASE calculator with ``energy``, ``forces``, ``dipole`` and ``charges``; with an
-  ensemble (a list of models) it returns committee means plus ``energy_std`` (eV) and ``forces_std``
-  (eV/Angstrom, per atom and component) as extra results (query by committee).
+- :class:`MLPESCalculator`: ASE calculator with ``energy``, ``forces``, ``dipole`` and ``charges``; with a
+  committee (a committee model file, a :class:`~.models.Committee`, or a list of models) it returns committee
+  means plus ``energy_std`` (eV), ``forces_std`` (eV/Angstrom, per atom and component) and ``forces_std_max``
+  (eV/Angstrom) as extra results (query by committee). A list of models of one ModelConfig is stacked into
+  one Committee, so all members are evaluated in one batched call.
 - :meth:`MLPESCalculator.as_potential` -> :class:`MLPotential`: the DESIGN.md Potential contract,
   ``potential(positions (B, N, 3) Angstrom) -> (energies (B,) eV, forces (B, N, 3) eV/Angstrom)``, for one
   fixed molecule. Species and batch indices are built once and cached per chunk size (one molecule runs in
   the model's dense pair layout, which needs no pair list), so a call costs the network and nothing else.
-  ``potential.energies(positions)`` skips forces (no autograd; DMC needs no forces), ``potential.uncertainty(positions)`` gives the committee energy std (B,) eV, and
-  ``as_potential(..., return_std=True)`` makes calls return ``(energies, forces, energy_std)``.
+  ``potential.energies(positions)`` skips forces (no autograd; DMC needs no forces),
+  ``potential.uncertainty(positions)`` gives the committee energy std (B,) eV,
+  ``as_potential(..., return_std=True)`` makes calls return ``(energies, forces, energy_std)``, and
+  ``potential.evaluate(positions)`` adds ``energy_std`` (B,) and ``forces_std_max`` (B,) eV/Angstrom (the
+  largest per-atom norm of the force std, SPARC's selection measure).
 """
 
 from __future__ import annotations
@@ -23,26 +28,36 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from .models import AtomisticModel, load_model
+from .models import AtomisticModel, Committee, load_model
 from .models.fast_numpy import NumpyPhysNet
 from .threads import default_threads, threads_for, torch_threads
 
-ModelLike = str | os.PathLike | AtomisticModel
+ModelLike = str | os.PathLike | AtomisticModel | Committee
 
 
 def load_models(
     models: ModelLike | Sequence[ModelLike], device: str | torch.device = "cpu"
-) -> list[AtomisticModel]:
-    """One model, a path, or a list of them -> list of models in eval mode on ``device``."""
-    if isinstance(models, (str, os.PathLike, AtomisticModel)):
+) -> list[AtomisticModel | Committee]:
+    """One model, a path, or a list of them -> list of models in eval mode on ``device``; models of one
+    ModelConfig in a list are stacked into one :class:`Committee` (all members in one batched call)."""
+    if isinstance(models, (str, os.PathLike, AtomisticModel, Committee)):
         models = [models]
-    out = []
+    out: list[AtomisticModel | Committee] = []
     for item in models:
-        model = item if isinstance(item, AtomisticModel) else load_model(item, device=device)
+        model = item if isinstance(item, (AtomisticModel, Committee)) else load_model(item, device=device)
         out.append(model.to(device).eval())
     if not out:
         raise ValueError("no model given")
+    if len(out) > 1 and all(isinstance(m, AtomisticModel) for m in out):
+        configs = {str(m.config.to_dict()) for m in out}
+        if len(configs) == 1:
+            out = [Committee.from_members(cast(list[AtomisticModel], out)).eval()]
     return out
+
+
+def member_count(model: AtomisticModel | Committee) -> int:
+    """Members of ``model``: its committee size, 1 for a single model."""
+    return model.size if isinstance(model, Committee) else 1
 
 
 @contextlib.contextmanager
@@ -71,7 +86,8 @@ class MLPotential:
     """Batched energies and forces of one fixed molecule from one model or a committee (eV, Angstrom).
 
     Args:
-        models: list of models (a committee when more than one; results are committee means).
+        models: list of models and committees (a committee when there is more than one member in total;
+            results are committee means).
         numbers: atomic numbers (N,); checked against every model's elements here, before any work.
         charge: total charge in e.
         chunk_size: structures evaluated per network call (bounds memory; larger batches are split).
@@ -85,7 +101,7 @@ class MLPotential:
 
     def __init__(
         self,
-        models: Sequence[AtomisticModel],
+        models: Sequence[AtomisticModel | Committee],
         numbers: Sequence[int],
         charge: float = 0.0,
         chunk_size: int = 2048,
@@ -96,6 +112,7 @@ class MLPotential:
         self.models = list(models)
         if num_threads is not None and int(num_threads) < 1:
             raise ValueError(f"num_threads must be a positive integer, got {num_threads}")
+        self.n_members = sum(member_count(m) for m in self.models)
         self.num_threads = num_threads
         self.numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
         if len(self.numbers) == 0:
@@ -115,7 +132,9 @@ class MLPotential:
         self._cache: dict[int, dict[str, torch.Tensor]] = {}
         #: numpy engines for small chunks (PhysNet only; None where unsupported)
         self._numpy = [
-            NumpyPhysNet(m, self.numbers, self.charge) if use_numpy and NumpyPhysNet.supports(m) else None
+            NumpyPhysNet(m, self.numbers, self.charge)
+            if use_numpy and isinstance(m, AtomisticModel) and NumpyPhysNet.supports(m)
+            else None
             for m in self.models
         ]
 
@@ -152,7 +171,8 @@ class MLPotential:
         return positions
 
     def run_chunk(self, m: int, positions: np.ndarray, forces: bool = True) -> dict[str, np.ndarray]:
-        """Model ``m`` on one chunk (B, N, 3): energy (B,), forces (B, N, 3), charges (B, N), dipole (B, 3)."""
+        """Model ``m`` on one chunk (B, N, 3): energy (B,), forces (B, N, 3), charges (B, N), dipole (B, 3);
+        a committee gives every member's results at once, with a leading member axis (K, B, ...)."""
         b = len(positions)
         engine = self._numpy[m]
         if engine is not None and b * self.n_atoms <= NUMPY_MAX_ATOMS:
@@ -170,12 +190,15 @@ class MLPotential:
             else:
                 with torch.inference_mode():
                     out = model(batch, compute_forces=False)
+        lead = (member_count(model),) if isinstance(model, Committee) else ()
         result = {"energy": out["energy"].cpu().numpy()}
         if forces:
-            result["forces"] = out["forces"].reshape(b, self.n_atoms, 3).cpu().numpy().astype(np.float64)
+            result["forces"] = (
+                out["forces"].reshape(*lead, b, self.n_atoms, 3).cpu().numpy().astype(np.float64)
+            )
         if "atomic_charges" in out:
             result["atomic_charges"] = (
-                out["atomic_charges"].reshape(b, self.n_atoms).cpu().numpy().astype(float)
+                out["atomic_charges"].reshape(*lead, b, self.n_atoms).cpu().numpy().astype(float)
             )
             result["dipole"] = out["dipole"].cpu().numpy().astype(np.float64)
         return result
@@ -191,28 +214,37 @@ class MLPotential:
             if engine is not None:
                 engine.refresh()
 
-    def evaluate(self, positions: np.ndarray, forces: bool = True) -> dict[str, np.ndarray]:
-        """All results for (B, N, 3) positions: ``energy`` (B,), ``forces`` (B, N, 3) if asked, and for
-        committees ``energy_std`` (B,) and ``forces_std`` (B, N, 3); eV and eV/Angstrom."""
-        positions = self._check(positions)
+    def member_results(self, positions: np.ndarray, forces: bool = True) -> dict[str, np.ndarray]:
+        """Every member's results for checked (B, N, 3) positions, stacked over members: ``energy`` (K, B),
+        ``forces`` (K, B, N, 3) if asked, ``atomic_charges`` (K, B, N) and ``dipole`` (K, B, 3) if predicted."""
         b = len(positions)
-        k = len(self.models)
-        energies = np.empty((k, b))
-        all_forces = np.empty((k, b, self.n_atoms, 3)) if forces else None
+        parts: dict[str, list[list[np.ndarray]]] = {}
         for start in range(0, b, self.chunk_size):
             stop = min(start + self.chunk_size, b)
-            for m in range(k):
+            for m, model in enumerate(self.models):
                 out = self.run_chunk(m, positions[start:stop], forces=forces)
-                energies[m, start:stop] = out["energy"]
-                if all_forces is not None:  # None iff not forces
-                    all_forces[m, start:stop] = out["forces"]
+                for key, value in out.items():
+                    rows = parts.setdefault(key, [[] for _ in self.models])
+                    rows[m].append(value if isinstance(model, Committee) else value[None])
+        return {
+            key: np.concatenate([np.concatenate(chunks, axis=1) for chunks in rows], axis=0)
+            for key, rows in parts.items()
+        }
+
+    def evaluate(self, positions: np.ndarray, forces: bool = True) -> dict[str, np.ndarray]:
+        """All results for (B, N, 3) positions: ``energy`` (B,), ``forces`` (B, N, 3) if asked, and for
+        committees ``energy_std`` (B,), ``forces_std`` (B, N, 3) and ``forces_std_max`` (B,) = max over atoms
+        of the norm of the per-atom force std; eV and eV/Angstrom."""
+        members = self.member_results(self._check(positions), forces=forces)
+        energies = members["energy"]
         result = {"energy": energies.mean(axis=0)}
-        if all_forces is not None:
-            result["forces"] = all_forces.mean(axis=0)
-        if k > 1:
+        if forces:
+            result["forces"] = members["forces"].mean(axis=0)
+        if len(energies) > 1:
             result["energy_std"] = committee_std(energies)
-            if all_forces is not None:
-                result["forces_std"] = committee_std(all_forces)
+            if forces:
+                result["forces_std"] = committee_std(members["forces"])
+                result["forces_std_max"] = np.linalg.norm(result["forces_std"], axis=-1).max(axis=-1)
         return result
 
     def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -236,10 +268,10 @@ class MLPotential:
 
 
 class MLPESCalculator(Calculator):
-    """ASE calculator for one model or a committee (list) of models.
+    """ASE calculator for one model or a committee (a committee file or module, or a list of models).
 
     Args:
-        model: path to a saved model, a model, or a list of either (ensemble).
+        model: path to a saved model or committee file, a model or committee, or a list of either.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         charge: total charge in e; ``None`` reads ``atoms.info["charge"]`` (default 0).
     """
@@ -291,15 +323,15 @@ class MLPESCalculator(Calculator):
         pot = self._potential
         if pot is None or pot.charge != charge or not np.array_equal(pot.numbers, atoms.numbers):
             pot = self._potential = self.as_potential(atoms.numbers, charge=charge)
-        positions = pot._check(atoms.positions)
-        outs = [pot.run_chunk(m, positions) for m in range(len(self.models))]
-        energy = np.array([float(o["energy"][0]) for o in outs])
-        forces = np.stack([o["forces"][0] for o in outs])
+        members = pot.member_results(pot._check(atoms.positions))
+        energy, forces = members["energy"][:, 0], members["forces"][:, 0]
         self.results["energy"] = self.results["free_energy"] = float(energy.mean())
         self.results["forces"] = forces.mean(axis=0)
-        if "dipole" in outs[0]:
-            self.results["dipole"] = np.mean([o["dipole"][0] for o in outs], axis=0)
-            self.results["charges"] = np.mean([o["atomic_charges"][0] for o in outs], axis=0)
-        if len(outs) > 1:
+        if "dipole" in members:
+            self.results["dipole"] = members["dipole"][:, 0].mean(axis=0)
+            self.results["charges"] = members["atomic_charges"][:, 0].mean(axis=0)
+        if len(energy) > 1:
             self.results["energy_std"] = float(committee_std(energy))
             self.results["forces_std"] = committee_std(forces)
+            # SPARC's selection measure: the largest per-atom norm of the force std (eV/Angstrom)
+            self.results["forces_std_max"] = float(np.linalg.norm(self.results["forces_std"], axis=-1).max())

@@ -21,20 +21,28 @@ UNITS = {"energy": "eV", "forces": "eV/Å", "dipole": "e·Å", "atomic_charges":
 
 
 def predict(
-    model: torch.nn.Module,
+    model: torch.nn.Module | str | Path,
     arrays: RaggedArrays,
     batch_size: int = 256,
     device: str | torch.device | None = None,
 ) -> dict[str, np.ndarray]:
     """Model predictions for every conformation of ``arrays``, as float64 numpy arrays in the ragged layout:
     ``energy`` (M,), ``forces`` (sum n, 3) and, if the model predicts charges, ``dipole`` (M, 3) and
-    ``atomic_charges`` (sum n,). Raises ValueError if the data hold elements the model was not trained on."""
-    from aiida_mlpes.core.models import collate
+    ``atomic_charges`` (sum n,). Raises ValueError if the data hold elements the model was not trained on.
 
+    ``model`` may be a model file. For a committee (file or :class:`~.models.Committee`) the values are the
+    committee means, evaluated in one batched call per batch, plus their spread ``<key>_std`` (ddof=0) and
+    ``forces_std_max`` (M,): the largest per-atom norm of the force std (eV/Angstrom)."""
+    from aiida_mlpes.core.models import Committee, collate, committee_statistics, load_model
+
+    if isinstance(model, (str, Path)):
+        model = load_model(model, device=device or "cpu")
+    assert isinstance(model, torch.nn.Module)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    committee = isinstance(model, Committee)
     was_training = model.training
     model.eval()
     parts: dict[str, list[np.ndarray]] = {}
@@ -50,6 +58,10 @@ def predict(
         model.train(was_training)
     if not parts:
         return {"energy": np.zeros(0), "forces": np.zeros((0, 3))}
+    if committee:  # member axis first: concatenate conformations along axis 1, then reduce over members
+        owner = np.repeat(np.arange(len(arrays)), arrays.n_atoms)
+        members = {key: np.concatenate(values, axis=1) for key, values in parts.items()}
+        return committee_statistics(members, owner, len(arrays))
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 

@@ -6,10 +6,14 @@
     {"dataset": "dataset.h5", "model": {ModelConfig fields} | null, "training": {TrainingConfig fields},
      "parent_model": "parent.pt" | null, "split": {"fractions": [0.8, 0.1, 0.1], "seed": 0} or
      {"train": [...], "valid": [...], "test": [...]}, "restart_checkpoint": "restart.pt" | null,
-     "threads": int | null}
+     "threads": int | null, "committee_size": int (default 1)}
 
 writes ``model.pt`` (best EMA weights), ``checkpoint.pt`` (resumable), ``learning_curve.csv``,
-``learning_curves.png`` and returns metrics of the best model on the valid and test splits. A run stopped by
+``learning_curves.png`` and returns metrics of the best model on the valid and test splits. With
+``committee_size`` K >= 2 the K members are trained as one batched committee and ``model.pt`` is one
+committee file; the metrics are those of the committee mean, and ``committee`` in the result reports the
+mean committee energy std (eV) and mean ``forces_std_max`` (eV/Angstrom) on the valid and test splits.
+A parent committee file is fine-tuned member by member (``committee_size`` may then be left out). A run stopped by
 ``training.wall_time_limit`` returns ``complete: false`` (resubmitting it with its checkpoint continues it),
 unless ``wall_time_is_budget`` says the limit was the user's own budget: then reaching it is a normal end.
 
@@ -83,13 +87,16 @@ def run_train_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
             model_settings.setdefault("elements", sorted({int(z) for z in arrays.atomic_numbers}))
             model_config = ModelConfig.from_dict(model_settings)
         split = resolve_split(arrays, settings.get("split"))
+        size = _committee_size(settings, workdir / parent if parent else None)
         restart = settings.get("restart_checkpoint")
         if restart:
             if not (workdir / restart).is_file():
                 raise TaskError(f"restart checkpoint {restart} not found in the working directory")
             if Path(restart).name != CHECKPOINT_FILE:
                 shutil.copyfile(workdir / restart, workdir / CHECKPOINT_FILE)
-        trainer = Trainer(model_config, training, workdir, parent=workdir / parent if parent else None)
+        trainer = Trainer(
+            model_config, training, workdir, parent=workdir / parent if parent else None, committee_size=size
+        )
         result = trainer.fit(arrays, split["train"], split["valid"], resume=bool(restart))
     except (ValueError, KeyError, TrainingDivergedError) as exc:
         raise TaskError(str(exc)) from None
@@ -98,12 +105,19 @@ def run_train_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
     (workdir / Trainer.BEST_MODEL).unlink()
     model = load_model(workdir / MODEL_FILE, device=trainer.device)
     metrics = {}
+    spread: dict[str, Any] = {}
     for name in ("valid", "test"):
         if len(split[name]):
             subset = arrays.select(split[name])
-            metrics[name] = compute_metrics(predict(model, subset, training.eval_batch_size), subset)
+            prediction = predict(model, subset, training.eval_batch_size)
+            metrics[name] = compute_metrics(prediction, subset)
+            if "energy_std" in prediction:
+                spread[name] = {
+                    "energy_std_mean": float(np.mean(prediction["energy_std"])),
+                    "forces_std_max_mean": float(np.mean(prediction.get("forces_std_max", np.nan))),
+                }
     plot_learning_curves(workdir / CURVE_FILE, workdir / CURVE_PLOT)
-    return {
+    output: dict[str, Any] = {
         "complete": result.stop_reason != "wall_time" or bool(settings.get("wall_time_is_budget", False)),
         "stop_reason": result.stop_reason,
         "epochs": result.epochs,
@@ -115,6 +129,29 @@ def run_train_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "metrics": metrics,
         "files": {"model": MODEL_FILE, "checkpoint": CHECKPOINT_FILE, "learning_curve": CURVE_FILE},
     }
+    if trainer.committee_size > 1:
+        output["committee"] = {"size": trainer.committee_size, **spread}
+    return output
+
+
+def _committee_size(settings: dict[str, Any], parent: Path | None) -> int | None:
+    """The ``committee_size`` setting checked (an int >= 1); None (or 1) means a single model, or the
+    parent committee's size when a committee file is fine-tuned."""
+    size = settings.get("committee_size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise TaskError(f"committee_size must be an integer >= 1 (1: a single model), got {size!r}")
+    if size == 1 and parent is not None:
+        from aiida_mlpes.core.models.io import committee_size, read_model_file
+
+        parent_size = committee_size(read_model_file(parent))
+        if parent_size > 1:
+            raise TaskError(
+                f"committee_size 1 but the parent model is a committee of {parent_size}; "
+                f"set committee_size to {parent_size} or leave it out"
+            )
+    return size
 
 
 def run_test_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:

@@ -7,6 +7,9 @@ QueryBuilder without opening files, e.g.::
 
     QueryBuilder().append(PESModel, filters={"attributes.architecture": "physnet",
                                              "attributes.elements": {"contains": ["N"]}})
+
+A committee file (K members in one file) has ``committee_size`` K; a single model has 1. ``load()`` returns
+the committee module for a committee file, and ``calculator()`` gives its mean and spread.
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ class PESModel(SinglefileData):
         return list(self.base.attributes.get("elements"))
 
     @property
+    def committee_size(self) -> int:
+        """Members in the file: K for a committee, 1 for a single model."""
+        return int(self.base.attributes.get("committee_size", 1))
+
+    @property
     def model_config(self) -> dict[str, Any]:
         """The ModelConfig as a dict (hyperparameters, element table, cutoff)."""
         return dict(self.base.attributes.get("config"))
@@ -79,12 +87,18 @@ class PESModel(SinglefileData):
         return dict(self.base.attributes.get("versions", {}))
 
     def __str__(self) -> str:
-        return f"{super().__str__()} [{self.architecture} for {','.join(self.elements)}]"
+        committee = f", committee of {self.committee_size}" if self.committee_size > 1 else ""
+        return f"{super().__str__()} [{self.architecture} for {','.join(self.elements)}{committee}]"
 
 
 def _summarise(content: dict[str, Any]) -> dict[str, Any]:
+    from aiida_mlpes.core.models.io import committee_size
+
     config = dict(content["config"])
+    size = committee_size(content)
     state = content["state_dict"]
+    if size > 1:  # every entry has a leading member axis; the references are shared, show member 0's
+        state = {key: value[0] for key, value in state.items()}
     metadata = dict(content.get("metadata") or {})
     numbers = [int(z) for z in config["elements"]]
     summary: dict[str, Any] = {
@@ -97,7 +111,8 @@ def _summarise(content: dict[str, Any]) -> dict[str, Any]:
         "n_blocks": int(config["n_blocks"]),
         "dtype": config["dtype"],
         "config": config,
-        "n_parameters": _count_parameters(config),
+        "n_parameters": _count_parameters(config) * size,
+        "committee_size": size,
         "versions": {str(k): str(v) for k, v in dict(metadata.get("versions", {})).items()},
         "format_version": int(content.get("format_version", 0)),
     }

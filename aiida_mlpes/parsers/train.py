@@ -39,6 +39,7 @@ class TrainParser(MlpesRunParser):
             "training_wall_time_s",
             "loss_properties",
             "n_conformations",
+            "committee",
         )
         self.out("result", orm.Dict({key: result[key] for key in keys if key in result}))
         if not result.get("complete", True):

@@ -237,3 +237,66 @@ def test_train_parser_reports_incomplete_training(dataset, tmp_path, aiida_local
     assert calcfunction.exit_status == 400
     assert "Resubmit with restart_folder" in calcfunction.exit_message
     assert isinstance(outputs["model"], PESModel) and outputs["result"]["stop_reason"] == "wall_time"
+
+
+def test_committee_model_node_and_committee_size_setting(runner_code, dataset, tiny_model):
+    from aiida_mlpes.core.models import Committee
+
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        members.append(build_model(ModelConfig(elements=[1, 7], **TINY)))
+    node = PESModel.from_model(Committee.from_members(members)).store()
+    assert node.committee_size == 2 and tiny_model.committee_size == 1
+    assert "committee of 2" in str(node)
+    assert node.base.attributes.get("n_parameters") == 2 * tiny_model.base.attributes.get("n_parameters")
+    assert isinstance(node.load(), Committee)
+
+    settings = orm.Dict({"model": TINY, "committee_size": 4})
+    process = _process(TrainCalculation, code=runner_code, dataset=dataset, settings=settings)
+    with SandboxFolder() as folder:
+        process.prepare_for_submission(folder)
+        task = json.loads(Path(folder.get_abs_path("input.json")).read_text())
+    assert task["committee_size"] == 4
+    with pytest.raises(ValueError, match="committee_size must be an integer >= 1"):
+        _process(
+            TrainCalculation, code=runner_code, dataset=dataset, settings=orm.Dict({"committee_size": 0})
+        )
+    with pytest.raises(ValueError, match="zero spread"):
+        _process(
+            TrainCalculation,
+            code=runner_code,
+            dataset=dataset,
+            settings=orm.Dict({"committee_size": 3}),
+            parent_model=tiny_model,
+        )
+    with pytest.raises(ValueError, match="does not match the parent committee"):
+        _process(
+            TrainCalculation,
+            code=runner_code,
+            dataset=dataset,
+            settings=orm.Dict({"committee_size": 3}),
+            parent_model=node,
+        )
+    _process(
+        TrainCalculation, code=runner_code, dataset=dataset, parent_model=node
+    )  # member-wise fine-tuning
+
+
+@pytest.mark.slow
+def test_train_a_committee_end_to_end(runner_code):
+    water_methane = morse_molecules([[8, 1, 1], [6, 1, 1, 1, 1]], 20, seed=4)
+    dataset = PESDataset.from_arrays(water_methane, level_of_theory="morse").store()
+    settings = {"model": TINY, "training": {**FAST, "max_epochs": 2}, "committee_size": 2}
+    results, node = run_get_node(
+        TrainCalculation, code=runner_code, dataset=dataset, settings=orm.Dict(settings)
+    )
+    assert node.is_finished_ok, node.exit_message
+    assert results["model"].committee_size == 2
+    committee = results["result"]["committee"]
+    assert committee["size"] == 2 and committee["test"]["energy_std_mean"] > 0
+    tested, node2 = run_get_node(
+        ModelTestCalculation, code=runner_code, model=results["model"], dataset=dataset
+    )
+    assert node2.is_finished_ok, node2.exit_message
+    assert tested["metrics"]["energy"]["n"] == 20

@@ -23,9 +23,9 @@ from aiida_mlpes.core.training import (
 )
 from aiida_mlpes.core.training.targets import DeviceBatches, composition_matrix
 
-#: Element reference energies (eV) of the synthetic data: H, N, O.
-REFS = {1: -13.6, 7: -1480.0, 8: -2040.0}
-CHARGES = {1: 0.2, 7: -0.6, 8: -0.4}
+#: Element reference energies (eV) of the synthetic data: H, C, N, O.
+REFS = {1: -13.6, 6: -1030.0, 7: -1480.0, 8: -2040.0}
+CHARGES = {1: 0.2, 6: -0.5, 7: -0.6, 8: -0.4}
 
 
 def morse_molecules(numbers_list, n_conf: int, seed: int = 0, noise: float = 0.08) -> RaggedArrays:

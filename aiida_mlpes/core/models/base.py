@@ -19,7 +19,7 @@ from ase.data import chemical_symbols
 from torch import nn
 
 from .config import ModelConfig
-from .layers import polynomial_cutoff
+from .layers import lookup, polynomial_cutoff, times_features
 from .pairs import PairGeometry
 
 if TYPE_CHECKING:
@@ -153,7 +153,12 @@ class AtomisticModel(nn.Module):
             )
             energy_atomic, raw_charges = self.atomic_outputs(species, pairs, pairs.per_atom(charge))
             scale = self.energy_scale.to(energy_atomic.dtype)
-            energy = pairs.per_molecule(energy_atomic) * scale
+            energy = pairs.per_molecule(energy_atomic)
+            # a committee stack (committee.py) has one scale per member and member-blocked molecules
+            if scale.dim() == 0:
+                energy = energy * scale
+            else:
+                energy = times_features(energy.unsqueeze(1), scale.unsqueeze(1)).squeeze(1)
             out: dict[str, torch.Tensor] = {}
             if raw_charges is not None:
                 excess = (pairs.per_molecule(raw_charges) - charge) / n_atoms.to(raw_charges.dtype)
@@ -169,7 +174,7 @@ class AtomisticModel(nn.Module):
                     energy.sum(), positions, create_graph=create_graph, retain_graph=create_graph
                 )
                 out["forces"] = -grad
-        reference = pairs.per_molecule(self.element_energies.index_select(0, species))
+        reference = pairs.per_molecule(lookup(self.element_energies, species, 1))
         out["energy"] = energy.to(torch.float64) + reference
         if compute_forces and not create_graph:
             out = {k: v.detach() for k, v in out.items()}

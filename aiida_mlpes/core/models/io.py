@@ -3,6 +3,10 @@
 File content: ``format`` ("aiida-mlpes-model"), ``format_version``, ``config`` (ModelConfig.to_dict()),
 ``state_dict`` (weights plus the float64 reference energies, energy scale and cutoff buffers) and
 ``metadata`` (user entries plus ``versions`` of python, torch, numpy, ase, aiida-mlpes).
+
+A committee file (:class:`~.committee.Committee`, format version 2) holds all K members in one file: every
+``state_dict`` entry has a leading member dimension (K, ...), and ``committee_size`` (K) is stored at the top
+level and in the metadata. :func:`load_model` returns the committee module for such a file.
 """
 
 from __future__ import annotations
@@ -11,15 +15,20 @@ import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .base import AtomisticModel
 from .config import ModelConfig
 
+if TYPE_CHECKING:
+    from .committee import Committee
+
 FORMAT = "aiida-mlpes-model"
+#: version written for single models (readable by every release) and for committee files
 FORMAT_VERSION = 1
+COMMITTEE_FORMAT_VERSION = 2
 
 
 class ModelFileError(ValueError):
@@ -81,20 +90,24 @@ def build_model(config: ModelConfig | dict[str, Any]) -> AtomisticModel:
 
 
 def save_model(
-    model: AtomisticModel, path: str | os.PathLike, metadata: dict[str, Any] | None = None
+    model: AtomisticModel | Committee, path: str | os.PathLike, metadata: dict[str, Any] | None = None
 ) -> Path:
-    """Write ``model`` to ``path`` atomically (temporary file + rename); returns the path."""
+    """Write ``model`` (a model or a committee) to ``path`` atomically (temporary file + rename); returns
+    the path."""
+    from .committee import Committee
+
     path = Path(path)
     meta = plain(dict(metadata or {}))
     meta.setdefault("versions", package_versions())
-    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
-    content = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": model.config.to_dict(),
-        "state_dict": state,
-        "metadata": meta,
-    }
+    content: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    if isinstance(model, Committee):
+        members = model.member_state_dicts()
+        state = {key: torch.stack([m[key].detach().cpu() for m in members]) for key in members[0]}
+        meta["committee_size"] = model.size
+        content.update(format_version=COMMITTEE_FORMAT_VERSION, committee_size=model.size)
+    else:
+        state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    content.update(config=model.config.to_dict(), state_dict=state, metadata=meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -120,24 +133,50 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
         ) from exc
     if not isinstance(content, dict) or content.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not an aiida-mlpes model file (missing format tag {FORMAT!r})")
-    if int(content.get("format_version", -1)) > FORMAT_VERSION:
+    if int(content.get("format_version", -1)) > COMMITTEE_FORMAT_VERSION:
         raise ModelFileError(
-            f"{path} has format version {content['format_version']}; this aiida-mlpes reads <= {FORMAT_VERSION}"
+            f"{path} has format version {content['format_version']}; "
+            f"this aiida-mlpes reads <= {COMMITTEE_FORMAT_VERSION}"
         )
     for key in ("config", "state_dict"):
         if key not in content:
             raise ModelFileError(f"model file {path} lacks its {key!r} entry")
+    size = committee_size(content)
+    if size != 1:
+        if size < 2:
+            raise ModelFileError(f"model file {path} has committee_size {size}; a committee has >= 2 members")
+        bad = [k for k, v in content["state_dict"].items() if v.dim() == 0 or v.shape[0] != size]
+        if bad:
+            raise ModelFileError(
+                f"committee file {path}: entries {bad[:3]} lack the leading member dimension of {size}"
+            )
     return content
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> AtomisticModel:
+def committee_size(content: dict[str, Any]) -> int:
+    """Number of members in the content of a model file (1 for a single model)."""
+    size = content.get("committee_size", (content.get("metadata") or {}).get("committee_size", 1))
+    return int(size)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
     """Load a model written by :func:`save_model`, in eval mode on ``device`` (``"auto"``: cuda if
-    available); ``model.metadata`` holds the stored metadata."""
+    available); ``model.metadata`` holds the stored metadata. A committee file gives a
+    :class:`~.committee.Committee` (check ``isinstance``), any other file an :class:`AtomisticModel`."""
+    from .committee import Committee
+
     content = read_model_file(path)
+    model: AtomisticModel | Committee
     try:
         config = ModelConfig.from_dict(dict(content["config"]))
-        model = build_model(config)
-        model.load_state_dict(content["state_dict"])
+        size = committee_size(content)
+        if size > 1:
+            state = content["state_dict"]
+            members = [{key: value[k] for key, value in state.items()} for k in range(size)]
+            model = Committee.from_state_dicts(config, members)
+        else:
+            model = build_model(config)
+            model.load_state_dict(content["state_dict"])
     except (ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise ModelFileError(f"model file {path} does not match its stored configuration: {exc}") from exc
     model.metadata = dict(content.get("metadata") or {})

@@ -14,7 +14,7 @@ from torch import nn
 
 from .base import AtomisticModel
 from .config import ModelConfig
-from .layers import Dense, SincRBF, cosine_cutoff, make_activation
+from .layers import Dense, SincRBF, cosine_cutoff, lookup, make_activation, times_features
 from .pairs import PairGeometry
 
 
@@ -81,9 +81,9 @@ class PaiNN(AtomisticModel):
         self, species: torch.Tensor, pairs: PairGeometry, atom_charge: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         f = self.config.n_features
-        s = self.embedding.index_select(0, species)
+        s = lookup(self.embedding, species, 2)
         if self.charge_vector is not None:
-            s = s + atom_charge.unsqueeze(1) * self.charge_vector
+            s = s + times_features(atom_charge.unsqueeze(1), self.charge_vector)
         v = s.new_zeros(len(s), 3, f)
         distances = pairs.distances
         cut = cosine_cutoff(distances, self.config.cutoff).unsqueeze(-1)
@@ -91,7 +91,7 @@ class PaiNN(AtomisticModel):
         unit = pairs.vectors / distances.unsqueeze(-1)
         for index, (block, block_filters) in enumerate(zip(self.blocks, filters, strict=True)):
             s, v = block(s, v, block_filters, unit, pairs, index == 0)
-        out = self.head2(self.act(self.head1(s))) + self.output_shift.index_select(0, species)
+        out = self.head2(self.act(self.head1(s))) + lookup(self.output_shift, species, 2)
         if self.n_out == 2:
             return out[:, 0], out[:, 1]
         return out[:, 0], None

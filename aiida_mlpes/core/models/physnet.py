@@ -20,7 +20,7 @@ from torch import nn
 
 from .base import AtomisticModel
 from .config import ModelConfig
-from .layers import Dense, ExpNormalRBF, Residual, make_activation
+from .layers import Dense, ExpNormalRBF, Residual, lookup, make_activation, times_features
 from .pairs import PairGeometry
 
 
@@ -61,7 +61,7 @@ class PhysNetModule(nn.Module):
         m = h_i + pairs.sum_j(filters * pairs.gather_j(h_j))
         for layer in self.residual_interaction:
             m = layer(m)
-        x = self.gate * x + self.dense_update(self.act(m))
+        x = times_features(x, self.gate) + self.dense_update(self.act(m))
         for layer in self.residual_atomic:
             x = layer(x)
         x_activated = self.act(x)
@@ -92,11 +92,11 @@ class PhysNet(AtomisticModel):
     def atomic_outputs(
         self, species: torch.Tensor, pairs: PairGeometry, atom_charge: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.embedding.index_select(0, species)
+        x = lookup(self.embedding, species, 2)
         if self.charge_vector is not None:
-            x = x + atom_charge.unsqueeze(1) * self.charge_vector
+            x = x + times_features(atom_charge.unsqueeze(1), self.charge_vector)
         filters = self.filters(self.rbf(pairs.distances)).split(self.config.n_features, dim=-1)
-        total = self.output_shift.index_select(0, species)
+        total = lookup(self.output_shift, species, 2)
         activated = self.act(x)
         for block, block_filters in zip(self.blocks, filters, strict=True):
             x, activated, out = block(x, activated, block_filters, pairs)

@@ -42,11 +42,11 @@ class WeightedLoss:
         errors = {}
         for name in self.properties:
             if name == "charge":
+                # committee outputs carry a leading member axis: sum atoms along the last axis
                 target = batch["charge"]
-                total = torch.zeros_like(target).index_add_(
-                    0, batch["batch"], out["atomic_charges"].to(target.dtype)
-                )
-                errors[name] = total - target
+                charges = out["atomic_charges"].to(target.dtype)
+                total = charges.new_zeros((*charges.shape[:-1], target.shape[-1]))
+                errors[name] = total.index_add_(-1, batch["batch"], charges) - target
             else:
                 # energy: float64 model energy (references included) minus float64 reference, then dtype
                 errors[name] = (out[MODEL_OUTPUT[name]] - batch[name]).to(dtype)

@@ -3,6 +3,13 @@ early stopping and resumable checkpoints (Asparagus defaults; paper section 3.2)
 
 Files written to ``workdir``: ``checkpoint.pt`` (everything needed to resume bit for bit), ``best_model.pt``
 (the EMA weights with the lowest validation loss, a :func:`save_model` file) and ``learning_curve.csv``.
+
+With ``committee_size=K >= 2`` the same loop trains a :class:`~aiida_mlpes.core.models.Committee` of K
+members as one batched model: member k starts from seed ``seed + k`` and sees the training set in its own
+order (:func:`~aiida_mlpes.core.models.committee.member_orders`); the loss is the sum of the members' losses
+(each member's gradient comes from its own loss only), gradients are clipped per member, and Adam and the
+EMA act element-wise, so members stay independent. Validation, best-epoch selection and early stopping use
+the members' mean loss; logged losses and MAEs are member averages.
 """
 
 from __future__ import annotations
@@ -19,7 +26,20 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from aiida_mlpes.core.models import AtomisticModel, ModelConfig, build_model, load_model, save_model
+from aiida_mlpes.core.models import (
+    AtomisticModel,
+    Committee,
+    ModelConfig,
+    build_model,
+    load_model,
+    save_model,
+)
+from aiida_mlpes.core.models.committee import (
+    check_committee_size,
+    composition_signature,
+    member_orders,
+    unstack_members,
+)
 from aiida_mlpes.core.ragged import RaggedArrays
 from aiida_mlpes.core.threads import default_threads
 
@@ -70,6 +90,9 @@ class Trainer:
         config: training settings (defaults: the paper's).
         workdir: folder for the checkpoint, best model and learning curve; created if missing.
         parent: a model file (:func:`save_model`) or model to start from (fine-tuning / transfer learning).
+            A committee parent fine-tunes member by member.
+        committee_size: train a committee of this many members (>= 2) as one batched model; None or 1
+            trains one model (or, with a committee parent, as many members as the parent has).
     """
 
     CHECKPOINT = "checkpoint.pt"
@@ -82,6 +105,7 @@ class Trainer:
         config: TrainingConfig | None = None,
         workdir: str | Path = ".",
         parent: str | Path | torch.nn.Module | None = None,
+        committee_size: int | None = None,
     ) -> None:
         if model_config is None and parent is None:
             raise ValueError("Trainer needs a model_config for a new model or a parent model to fine-tune")
@@ -92,22 +116,37 @@ class Trainer:
             # a rule, not a timing: the given threads, else the cores the job is given (core/threads.py)
             torch.set_num_threads(int(self.config.threads or default_threads()))
         self.parent = parent
-        self.model: AtomisticModel
+        size = None if committee_size is None or committee_size == 1 else check_committee_size(committee_size)
+        self.model: AtomisticModel | Committee
         self.model_config: ModelConfig
         if parent is not None:
             if isinstance(parent, torch.nn.Module):
                 import copy
 
-                # a parent module is a model (documented); the cast only informs the type checker
+                # a parent module is a model or committee (documented); the cast informs the type checker
                 self.model = cast(AtomisticModel, copy.deepcopy(parent).to(self.device))
             else:
                 self.model = load_model(parent, device=str(self.device))
+            if isinstance(self.model, Committee):
+                if size is not None and size != self.model.size:
+                    raise ValueError(
+                        f"committee_size {size} does not match the parent committee's {self.model.size} members"
+                    )
+            elif size is not None:
+                raise ValueError(
+                    f"committee_size {size} with a single-model parent: its {size} copies would be identical "
+                    "members with zero spread; fine-tune a committee file, or train a new committee"
+                )
             self.model_config = self.model.config
         else:
             assert model_config is not None  # checked at the top
             self.model_config = model_config
-            torch.manual_seed(self.config.seed)
-            self.model = build_model(model_config).to(self.device)
+            if size is None:
+                torch.manual_seed(self.config.seed)
+                self.model = build_model(model_config).to(self.device)
+            else:
+                self.model = Committee.from_config(model_config, size, seed=self.config.seed).to(self.device)
+        self.committee_size = self.model.size if isinstance(self.model, Committee) else 1
         self.dtype = torch.float64 if self.model_config.dtype == "float64" else torch.float32
         self.model.train()
 
@@ -175,13 +214,28 @@ class Trainer:
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         sums: torch.Tensor | None = None
-        for inputs in data.batches(self.rng.permutation(len(data)), batch_size):
+        order = self.rng.permutation(len(data))
+        orders = None
+        if isinstance(model, Committee):
+            orders = member_orders(order, self.signature, self.member_rngs)
+        for start in range(0, len(data), batch_size):
+            if orders is None:
+                inputs = data.batch(order[start : start + batch_size])
+            else:
+                # one collate of the K member blocks (same atoms in every block), split into members
+                inputs = unstack_members(
+                    data.batch(orders[:, start : start + batch_size].reshape(-1)), len(orders)
+                )
             out = model(inputs, compute_forces=need_forces, create_graph=need_forces)
             loss, rows = loss_fn(out, inputs)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # a committee's loss is the mean over members: scale to their sum (each member its own loss)
+            (loss * self.committee_size if orders is not None else loss).backward()
             if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+                if isinstance(model, Committee):
+                    model.clip_grad_norm_(cfg.max_grad_norm)
+                else:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update()
@@ -234,6 +288,9 @@ class Trainer:
         )
         self.ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.rng = np.random.default_rng(cfg.seed)
+        # committee members: own shuffling streams, independent of the shared one
+        self.member_rngs = [np.random.default_rng([cfg.seed, 1, k]) for k in range(self.committee_size)]
+        self.signature = composition_signature(train_arrays.n_atoms, train_arrays.atomic_numbers)
         train_data = DeviceBatches(train_arrays, self.device, self.dtype)
         valid_batches = DeviceBatches(valid_arrays, self.device, self.dtype).batches(
             np.arange(len(valid)), cfg.eval_batch_size
@@ -363,7 +420,7 @@ class Trainer:
 
             model = copy.deepcopy(model)
             model.load_state_dict(self._best_state)
-        save_model(cast(AtomisticModel, model), self.workdir / self.BEST_MODEL, metadata=metadata)
+        save_model(cast(AtomisticModel | Committee, model), self.workdir / self.BEST_MODEL, metadata=metadata)
         self._best_written = True
 
     def _save_checkpoint(self, state: dict[str, Any], split: dict[str, np.ndarray]) -> None:
@@ -377,6 +434,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "numpy_rng": self.rng.bit_generator.state,
+            "member_rngs": [rng.bit_generator.state for rng in self.member_rngs],
+            "committee_size": self.committee_size,
             "torch_rng": torch.get_rng_state(),
             "state": dict(state),
             "best_state": self._best_state,
@@ -399,6 +458,11 @@ class Trainer:
             raise ValueError(f"{path} is not an aiida-mlpes training checkpoint")
         if payload["model_config"] != self.model_config.to_dict():
             raise ValueError(f"{path} was written for a different model configuration; use another workdir")
+        if int(payload.get("committee_size", 1)) != self.committee_size:
+            raise ValueError(
+                f"{path} was written for a committee of {payload.get('committee_size', 1)} members, not "
+                f"{self.committee_size}; use another workdir"
+            )
         for name, idx in split.items():
             if not np.array_equal(payload["split"][name].cpu().numpy(), idx):
                 raise ValueError(f"{path} was written for a different {name} split; use another workdir")
@@ -408,6 +472,8 @@ class Trainer:
         if self.ema is not None and payload["ema"] is not None:
             self.ema.load_state_dict(payload["ema"])
         self.rng.bit_generator.state = payload["numpy_rng"]
+        for rng, member_state in zip(self.member_rngs, payload.get("member_rngs", []), strict=False):
+            rng.bit_generator.state = member_state
         torch.set_rng_state(payload["torch_rng"].cpu())
         self._best_state = payload.get("best_state")
         self._best_written = False
