@@ -31,7 +31,6 @@ def distinct_members(config: ModelConfig, k: int = 3) -> list:
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
         model.set_reference(np.arange(len(config.elements)) - 3.0 * seed, 0.5 + seed)
-        model.use_fast_path = False
         members.append(model)
     return members
 

@@ -63,7 +63,6 @@ class Committee(nn.Module):
         self.config: ModelConfig = stack.config
         # ``stack`` is a model whose parameters and member buffers have a leading (K,) dimension; its own
         # forward is only ever called through functional_call with one member's slices (inside vmap)
-        stack.use_fast_path = False
         self.stack = stack
 
     # -- construction -------------------------------------------------------------------------------------

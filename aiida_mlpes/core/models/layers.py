@@ -80,7 +80,7 @@ class ExpNormalRBF(nn.Module):
             return polynomial_cutoff(r, self.cutoff).unsqueeze(-1) * torch.exp(-self.widths * diff * diff)
         members = self.centers.shape[0]  # committee: member-blocked pairs, (members, K) centres and widths
         diff = torch.exp(-r).reshape(members, -1, 1) - self.centers.unsqueeze(1)
-        basis = torch.exp(-self.widths.unsqueeze(1) * diff * diff).reshape(len(r), -1)
+        basis = torch.exp(-self.widths.unsqueeze(1) * diff * diff).reshape(*r.shape, -1)
         return polynomial_cutoff(r, self.cutoff).unsqueeze(-1) * basis
 
 
@@ -164,5 +164,7 @@ class Residual(nn.Module):
         self.dense1 = Dense(n_features, n_features)
         self.dense2 = Dense(n_features, n_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.dense2(self.act(self.dense1(self.act(x))))
+    def forward(self, x: torch.Tensor, activated: torch.Tensor | None = None) -> torch.Tensor:
+        """``activated``: act(x) if the caller has it already (saves one activation)."""
+        a = self.act(x) if activated is None else activated
+        return x + self.dense2(self.act(self.dense1(a)))
