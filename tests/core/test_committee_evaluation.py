@@ -116,7 +116,7 @@ def test_predict_and_committee_predict_accept_committees(tmp_path, members):
 
 @pytest.fixture
 def workdir(tmp_path):
-    data = morse_molecules(WATER_METHANE, 20, seed=5)
+    data = morse_molecules(WATER_METHANE, 40, seed=5)
     write_dataset(tmp_path / "dataset.h5", data, level_of_theory="morse")
     return tmp_path
 
