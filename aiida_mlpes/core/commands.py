@@ -1,36 +1,57 @@
-"""Runner task ``run_commands``: run many program calls of one job in sequence from a single process.
+"""Runner task ``run_commands``: run many program calls of one job from a single process.
 
 A reference CalcJob of a cheap method (xTB on a small molecule takes ~20 ms) spends most of its engine time
-on per-call bookkeeping when every structure is its own CodeInfo. In driver mode the CalcJob writes the
-same per-structure input files and the list of calls (argument lists, never shell strings: the executable
-comes from the AiiDA code node, the arguments from our input writers), and this task runs them one after
-another with :func:`subprocess.run`. Outputs land in the same files a CodeInfo would have written, so the
-parser is unchanged, and a kill mid-batch leaves the finished structures' outputs in place.
+on per-call bookkeeping when every structure is its own CodeInfo. In driver mode the CalcJob writes one
+settings file with the list of calls (argument lists, never shell strings: the executable comes from the
+AiiDA code node, the arguments from our input writers) and each call's input files, and this task writes
+those files and runs the calls with :mod:`subprocess`, up to ``processes`` at a time (the cores the job was
+given; each program single-threaded). Outputs land in the same files a CodeInfo would have written, so the
+parser is unchanged. Calls start in list order, so a kill mid-batch leaves the finished structures'
+outputs in place and the never-started ones without files.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 #: One line per finished call, flushed as it goes (kept when the job is killed).
 PROGRESS_FILE = "commands.progress"
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def run_commands_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    """Settings: ``commands`` (list of ``{"args": [...], "stdout": name, "stderr": name}``) and
-    ``environment`` (variables added to the inherited environment). Returns each call's exit status."""
+    """Settings: ``commands`` (list of ``{"args": [...], "stdout": name, "stderr": name, "files":
+    {name: text}}``; ``files`` optional, written before the call), ``environment`` (variables added to the
+    inherited environment) and ``processes`` (calls run at once, default 1). Returns each call's exit
+    status, in list order."""
     from aiida_mlpes.core.runner import TaskError
 
     commands = settings.get("commands")
     if not isinstance(commands, list) or not commands:
         raise TaskError("run_commands needs a non-empty list `commands`")
+    processes = settings.get("processes", 1)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise TaskError(f"run_commands: processes must be an integer >= 1, got {processes!r}")
+    for command in commands:
+        for name in [command["stdout"], command["stderr"], *command.get("files", {})]:
+            if not _PLAIN_NAME.match(str(name)):
+                raise TaskError(f"run_commands: {name!r} is not a plain file name")
     environment = {**os.environ, **{str(k): str(v) for k, v in settings.get("environment", {}).items()}}
-    statuses: list[int] = []
+    statuses: list[int | None] = [None] * len(commands)
+    lock = threading.Lock()
+
     with open(workdir / PROGRESS_FILE, "a") as progress:
-        for command in commands:
+
+        def run(index: int) -> None:
+            command = commands[index]
+            for name, text in command.get("files", {}).items():
+                (workdir / name).write_text(text)
             args = [str(a) for a in command["args"]]
             with (
                 open(workdir / command["stdout"], "wb") as out,
@@ -42,7 +63,24 @@ def run_commands_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]
                     ).returncode
                 except OSError as exc:  # executable missing or not executable: nothing else can run either
                     raise TaskError(f"cannot run {args[0]}: {exc}") from exc
-            statuses.append(status)
-            progress.write(f"{command['stdout']} {status}\n")
-            progress.flush()
-    return {"n_commands": len(statuses), "n_nonzero": sum(1 for s in statuses if s), "statuses": statuses}
+            with lock:
+                statuses[index] = status
+                progress.write(f"{command['stdout']} {status}\n")
+                progress.flush()
+
+        if processes == 1:
+            for index in range(len(commands)):
+                run(index)
+        else:
+            # threads only wait for their subprocess; calls are submitted (and so started) in list order
+            with ThreadPoolExecutor(max_workers=processes) as pool:
+                futures = [pool.submit(run, index) for index in range(len(commands))]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:
+                    for future in futures:
+                        future.cancel()  # calls not started yet stay without files ("not run")
+                    raise
+    done = [s for s in statuses if s is not None]
+    return {"n_commands": len(done), "n_nonzero": sum(1 for s in done if s), "statuses": done}

@@ -47,6 +47,30 @@ def test_one_codeinfo_runs_the_calls_from_an_argument_list(codes):
     assert all(c["args"][0] == str(Path(XTB).resolve()) for c in commands)
     assert commands[0]["args"][1] == "s00000.xyz" and "--grad" in commands[0]["args"]
     assert settings["environment"]["OMP_NUM_THREADS"] == "1"
+    # each call's input travels in the settings file (written on the computer), not as a file to upload
+    assert list(commands[1]["files"]) == ["s00001.xyz"]
+    assert commands[1]["files"]["s00001.xyz"].startswith("4\n")
+    assert not Path(folder.abspath, "s00000.xyz").exists()
+    assert settings["processes"] == 1
+
+
+def test_driver_runs_as_many_calls_at_once_as_the_job_has_processes(codes):
+    """Two MPI processes given to the job: two single-threaded xtb calls at a time, same labels."""
+    dataset = PESDataset.from_arrays(nh3_arrays(6, seed=5)).store()
+    options = {**OPTIONS, "resources": {"num_machines": 1, "num_mpiprocs_per_machine": 2}}
+    results = {}
+    for name, opts in (("serial", OPTIONS), ("two", options)):
+        out, node = run_get_node(
+            XtbCalculation,
+            code=codes["xtb"],
+            driver_code=codes["driver"],
+            structures=dataset,
+            metadata={"options": opts},
+        )
+        assert node.is_finished_ok, node.exit_message
+        results[name] = out["dataset"].get_arrays()
+    np.testing.assert_array_equal(results["serial"].energy, results["two"].energy)
+    np.testing.assert_array_equal(results["serial"].forces, results["two"].forces)
 
 
 def test_driver_mode_gives_the_same_labels(codes):
@@ -92,5 +116,25 @@ def test_run_commands_task_records_each_status(tmp_path):
     assert result["statuses"] == [0, 1] and result["n_nonzero"] == 1
     assert (tmp_path / "a.out").read_text() == "one\n"
     assert (tmp_path / "commands.progress").read_text().splitlines() == ["a.out 0", "b.out 1"]
+
+
+def test_run_commands_task_writes_input_files_and_runs_calls_side_by_side(tmp_path):
+    commands = [
+        {
+            "args": ["/bin/cat", f"in{k}.txt"],
+            "stdout": f"{k}.out",
+            "stderr": f"{k}.err",
+            "files": {f"in{k}.txt": str(k)},
+        }
+        for k in range(5)
+    ]
+    result = run_commands_task({"commands": commands, "processes": 2}, tmp_path)
+    assert result["statuses"] == [0] * 5
+    assert [(tmp_path / f"{k}.out").read_text() for k in range(5)] == ["0", "1", "2", "3", "4"]
+    assert sorted((tmp_path / "commands.progress").read_text().split()[::2]) == [f"{k}.out" for k in range(5)]
+    with pytest.raises(TaskError, match="plain file name"):
+        run_commands_task({"commands": [{**commands[0], "files": {"../x": ""}}]}, tmp_path)
+    with pytest.raises(TaskError, match="processes"):
+        run_commands_task({"commands": commands, "processes": 0}, tmp_path)
     with pytest.raises(TaskError, match="cannot run /nonexistent"):
         run_commands_task({"commands": [{"args": ["/nonexistent"], "stdout": "c", "stderr": "d"}]}, tmp_path)
