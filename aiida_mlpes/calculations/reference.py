@@ -193,6 +193,8 @@ def validate_reference_inputs(inputs: dict[str, Any], max_z: int = 118) -> str |
 
 #: Settings of the driver process in driver mode (see ``driver_code``).
 DRIVER_INPUT = "commands.json"
+#: Per-structure results parsed by the driver process (JSON lines), when the program has a reader there.
+DRIVER_RESULTS = "results.jsonl"
 
 
 def validate_driver_code(inputs: dict[str, Any]) -> str | None:
@@ -223,6 +225,10 @@ class ReferenceCalculation(CalcJob):
     STORE_STRUCTURE_INPUTS: ClassVar[bool] = True
     #: Name (without extension) of structure ``k`` of the job.
     NAME_FORMAT: ClassVar[str] = "s{:05d}"
+    #: In driver mode, the program whose outputs the driver process parses itself (a key of
+    #: ``aiida_mlpes.core.commands.READERS``): the job then returns one results file instead of every
+    #: output. None: the outputs are retrieved and parsed here.
+    DRIVER_READER: ClassVar[str | None] = None
 
     @classmethod
     def define(cls, spec) -> None:
@@ -294,16 +300,23 @@ class ReferenceCalculation(CalcJob):
         environment.setdefault(
             "OMP_NUM_THREADS", "1"
         )  # xtb & co. are far slower with threads on tiny molecules
-        commands = [
-            {
+        commands = []
+        for name, info, files in zip(self._names, codes_info, self._structure_files, strict=True):
+            command = {
                 "args": [executable, *info.cmdline_params],
                 "stdout": info.stdout_name,
                 "stderr": info.stderr_name,
                 "files": files,
             }
-            for info, files in zip(codes_info, self._structure_files, strict=True)
-        ]
-        settings = {"commands": commands, "environment": environment, "processes": self.driver_processes()}
+            if self.DRIVER_READER:
+                command["parse"] = {"program": self.DRIVER_READER, "namespace": name}
+            commands.append(command)
+        settings = {
+            "commands": commands,
+            "environment": environment,
+            "processes": self.driver_processes(),
+            "results": DRIVER_RESULTS,
+        }
         folder.create_file_from_filelike(io.StringIO(json.dumps(settings)), DRIVER_INPUT, mode="w")
         driver = CodeInfo()
         driver.code_uuid = self.inputs.driver_code.uuid
@@ -342,8 +355,10 @@ class ReferenceCalculation(CalcJob):
         self._written: list[str] = []
         driver_mode = "driver_code" in self.inputs
         self._structure_files: list[dict[str, str]] | None = [] if driver_mode else None
+        self._names: list[str] = []
         for k, index in enumerate(indices):
             name = self.NAME_FORMAT.format(k)
+            self._names.append(name)
             if self._structure_files is not None:
                 self._structure_files.append({})
             sl = arrays.atom_slice(k)
@@ -375,10 +390,11 @@ class ReferenceCalculation(CalcJob):
             )
             calcinfo.provenance_exclude_list = list(self._written)
         calcinfo.codes_run_mode = CodeRunMode.SERIAL
+        outputs = [DRIVER_RESULTS] if driver_mode and self.DRIVER_READER else list(self.RETRIEVE)
         if self.inputs.keep_raw_outputs.value:
-            calcinfo.retrieve_list = list(self.RETRIEVE)
+            calcinfo.retrieve_list = sorted({*outputs, *self.RETRIEVE})
             calcinfo.retrieve_temporary_list = []
         else:
             calcinfo.retrieve_list = []
-            calcinfo.retrieve_temporary_list = list(self.RETRIEVE)
+            calcinfo.retrieve_temporary_list = outputs
         return calcinfo

@@ -8,10 +8,18 @@ those files and runs the calls with :mod:`subprocess`, up to ``processes`` at a 
 given; each program single-threaded). Outputs land in the same files a CodeInfo would have written, so the
 parser is unchanged. Calls start in list order, so a kill mid-batch leaves the finished structures'
 outputs in place and the never-started ones without files.
+
+A call may also name the program whose output it leaves (``"parse": {"program": "xtb", "namespace":
+"s00000"}``): its output is then parsed right after it ends, by the pure parsers of
+:mod:`aiida_mlpes.core.reference`, and the result written as one JSON line (``{"index": k, ...}``) to the
+``results`` file, so the job sends back one small file instead of four per structure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import json
 import os
 import re
 import subprocess
@@ -20,8 +28,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from aiida_mlpes.core.reference.common import ERROR, ReferenceResult, result_to_record
+
 #: One line per finished call, flushed as it goes (kept when the job is killed).
 PROGRESS_FILE = "commands.progress"
+#: Output readers by program: ``reader(directory, namespace=...) -> ReferenceResult``.
+READERS = {"xtb": "aiida_mlpes.core.reference.xtb:read_xtb"}
+#: Parsed results, one JSON line per call that names its program.
+RESULTS_FILE = "results.jsonl"
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -45,8 +59,22 @@ def run_commands_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]
     environment = {**os.environ, **{str(k): str(v) for k, v in settings.get("environment", {}).items()}}
     statuses: list[int | None] = [None] * len(commands)
     lock = threading.Lock()
+    readers = {}
+    for command in commands:
+        program = command.get("parse", {}).get("program")
+        if program is not None and program not in readers:
+            if program not in READERS:
+                raise TaskError(f"run_commands: no output reader for program {program!r}")
+            module, function = READERS[program].split(":")
+            readers[program] = getattr(importlib.import_module(module), function)
+    results_name = str(settings.get("results", RESULTS_FILE))
+    if not _PLAIN_NAME.match(results_name):
+        raise TaskError(f"run_commands: {results_name!r} is not a plain file name")
 
-    with open(workdir / PROGRESS_FILE, "a") as progress:
+    with (
+        open(workdir / PROGRESS_FILE, "a") as progress,
+        open(workdir / results_name, "a") if readers else contextlib.nullcontext() as results,
+    ):
 
         def run(index: int) -> None:
             command = commands[index]
@@ -63,8 +91,21 @@ def run_commands_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]
                     ).returncode
                 except OSError as exc:  # executable missing or not executable: nothing else can run either
                     raise TaskError(f"cannot run {args[0]}: {exc}") from exc
+            record = None
+            if "parse" in command:
+                spec = command["parse"]
+                try:
+                    parsed = readers[spec["program"]](workdir, namespace=spec.get("namespace"))
+                except Exception as exc:  # a garbled output file fails this structure, not the job
+                    parsed = ReferenceResult(program=spec["program"]).fail(
+                        ERROR, f"cannot read the output: {type(exc).__name__}: {exc}"
+                    )
+                record = json.dumps({"index": index, **result_to_record(parsed)})
             with lock:
                 statuses[index] = status
+                if results is not None and record is not None:
+                    results.write(record + "\n")
+                    results.flush()
                 progress.write(f"{command['stdout']} {status}\n")
                 progress.flush()
 

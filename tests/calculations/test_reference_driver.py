@@ -52,6 +52,9 @@ def test_one_codeinfo_runs_the_calls_from_an_argument_list(codes):
     assert commands[1]["files"]["s00001.xyz"].startswith("4\n")
     assert not Path(folder.abspath, "s00000.xyz").exists()
     assert settings["processes"] == 1
+    # the driver parses each xtb output itself: the job sends back one results file
+    assert commands[2]["parse"] == {"program": "xtb", "namespace": "s00002"}
+    assert calcinfo.retrieve_temporary_list == ["results.jsonl"]
 
 
 def test_driver_runs_as_many_calls_at_once_as_the_job_has_processes(codes):
@@ -138,3 +141,42 @@ def test_run_commands_task_writes_input_files_and_runs_calls_side_by_side(tmp_pa
         run_commands_task({"commands": commands, "processes": 0}, tmp_path)
     with pytest.raises(TaskError, match="cannot run /nonexistent"):
         run_commands_task({"commands": [{"args": ["/nonexistent"], "stdout": "c", "stderr": "d"}]}, tmp_path)
+
+
+def test_driver_parses_outputs_and_a_killed_job_leaves_the_rest_not_run(tmp_path):
+    """Records of the driver (one JSON line per finished call) are what the parser reads; a garbled output
+    fails its structure only; calls that never ran have no record."""
+    from aiida_mlpes.core.reference import common
+    from aiida_mlpes.core.reference.xtb import write_xyz, xtb_arguments
+    from aiida_mlpes.parsers.reference import read_driver_results
+
+    arrays = nh3_arrays(2)
+    commands = []
+    for k in range(2):
+        sl = arrays.atom_slice(k)
+        commands.append(
+            {
+                "args": [XTB, *xtb_arguments(f"s{k}.xyz", 0, 1, namespace=f"s{k}")],
+                "stdout": f"s{k}.out",
+                "stderr": f"s{k}.err",
+                "files": {f"s{k}.xyz": write_xyz(arrays.atomic_numbers[sl], arrays.positions[sl])},
+                "parse": {"program": "xtb", "namespace": f"s{k}"},
+            }
+        )
+    commands.append(
+        {
+            "args": ["/bin/true"],
+            "stdout": "s2.out",
+            "stderr": "s2.err",
+            "parse": {"program": "xtb", "namespace": "s2"},
+        }
+    )
+    run_commands_task({"commands": commands, "environment": {"OMP_NUM_THREADS": 1}, "processes": 2}, tmp_path)
+    with (tmp_path / "results.jsonl").open("a") as f:
+        f.write('{"index": 3, "status": "o')  # a kill mid-write
+    records = read_driver_results(tmp_path / "results.jsonl")
+    assert sorted(records) == [0, 1, 2]
+    first = common.result_from_record("xtb", records[0])
+    assert first.ok and first.forces.shape == (4, 3) and first.numbers.tolist() == [7, 1, 1, 1]
+    assert records[2]["status"] == common.MISSING_OUTPUT
+    assert read_driver_results(tmp_path / "absent.jsonl") is None
