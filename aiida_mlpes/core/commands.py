@@ -12,7 +12,8 @@ outputs in place and the never-started ones without files.
 A call may also name the program whose output it leaves (``"parse": {"program": "xtb", "namespace":
 "s00000"}``): its output is then parsed right after it ends, by the pure parsers of
 :mod:`aiida_mlpes.core.reference`, and the result written as one JSON line (``{"index": k, ...}``) to the
-``results`` file, so the job sends back one small file instead of four per structure.
+``results`` file, so the job sends back one small file instead of four per structure. A line marking the
+call as started (category ``walltime``) comes first, so a call the job's end interrupted counts as tried.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from aiida_mlpes.core.reference.common import ERROR, ReferenceResult, result_to_record
+from aiida_mlpes.core.reference.common import ERROR, WALLTIME, ReferenceResult, result_to_record
 
 #: One line per finished call, flushed as it goes (kept when the job is killed).
 PROGRESS_FILE = "commands.progress"
@@ -78,6 +79,16 @@ def run_commands_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]
 
         def run(index: int) -> None:
             command = commands[index]
+            if results is not None and "parse" in command:
+                # replaced by the parsed record when the call ends; what stays if the job is killed first
+                started = {
+                    "index": index,
+                    "status": WALLTIME,
+                    "message": "started, but the job stopped before",
+                }
+                with lock:
+                    results.write(json.dumps(started) + "\n")
+                    results.flush()
             for name, text in command.get("files", {}).items():
                 (workdir / name).write_text(text)
             args = [str(a) for a in command["args"]]

@@ -83,8 +83,9 @@ def check_consistency(result: ReferenceResult, numbers: np.ndarray, positions: n
 
 
 def read_driver_results(path: pathlib.Path) -> dict[int, dict[str, Any]] | None:
-    """Records of the driver's results file by structure position ``k`` (None when there is no file); a
-    half-written last line (killed job) is ignored."""
+    """Records of the driver's results file by structure position ``k`` (None when there is no file); the
+    last line of a structure wins (a call's "started" line comes before its result), a half-written last
+    line (killed job) is ignored."""
     if not path.is_file():
         return None
     records: dict[int, dict[str, Any]] = {}

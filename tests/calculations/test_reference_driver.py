@@ -173,9 +173,9 @@ def test_driver_parses_outputs_and_a_killed_job_leaves_the_rest_not_run(tmp_path
     )
     run_commands_task({"commands": commands, "environment": {"OMP_NUM_THREADS": 1}, "processes": 2}, tmp_path)
     with (tmp_path / "results.jsonl").open("a") as f:
-        f.write('{"index": 3, "status": "o')  # a kill mid-write
+        f.write('{"index": 3, "status": "walltime"}\n{"index": 3, "status": "o')  # started, killed mid-write
     records = read_driver_results(tmp_path / "results.jsonl")
-    assert sorted(records) == [0, 1, 2]
+    assert sorted(records) == [0, 1, 2, 3] and records[3]["status"] == common.WALLTIME
     first = common.result_from_record("xtb", records[0])
     assert first.ok and first.forces.shape == (4, 3) and first.numbers.tolist() == [7, 1, 1, 1]
     assert records[2]["status"] == common.MISSING_OUTPUT
