@@ -593,11 +593,12 @@ class ConstructPESWorkChain(WorkChain):
         return None
 
     # --- labelling: validation geometries, holes, candidates -------------------------------------------------
-    def _hole_indices(self, holes: PESDataset) -> list[int]:
-        """Holes the reference method can label (no overlapping atoms), chosen for diversity up to the cap."""
+    def _labellable(self, dataset: PESDataset, kind: str, cap: int | None = None) -> list[int]:
+        """Indices of ``dataset`` the reference method can label (no atoms closer than ``hole_min_distance``),
+        chosen for diversity when more than ``cap``; the others are reported, never silently dropped."""
         from aiida_mlpes.core.characterize.holes import select_diverse
 
-        arrays = holes.get_arrays()
+        arrays = dataset.get_arrays()
         problems = structure_problems(
             arrays,
             self.inputs.charge.value,
@@ -607,9 +608,8 @@ class ConstructPESWorkChain(WorkChain):
         )
         usable = [i for i in range(len(arrays)) if i not in problems]
         if problems:
-            self.report(f"{len(problems)} holes skipped (e.g. {next(iter(problems.values()))})")
-        cap = self.knobs.max_holes_labelled
-        if len(usable) > cap:
+            self.report(f"{len(problems)} {kind} cannot be labelled (e.g. {next(iter(problems.values()))})")
+        if cap is not None and len(usable) > cap:
             n = int(arrays.n_atoms[0])
             positions = arrays.select(usable).positions.reshape(len(usable), n, 3)
             chosen = select_diverse(arrays.atomic_numbers[:n], positions, cap, seed=self.ctx.iteration)
@@ -629,19 +629,29 @@ class ConstructPESWorkChain(WorkChain):
             **extra,
             metadata={"call_link_label": f"validation_structures_{k}"},
         )
-        self.ctx.validation_structures = geometries
-        jobs = {"validation": self._labelling(geometries, f"label_validation_{k}")}
-        self.ctx.hole_indices = []
+        todo = {"validation": (geometries, None)}
         if "holes" in node.outputs:
-            self.ctx.hole_indices = self._hole_indices(node.outputs.holes)
-            if self.ctx.hole_indices:
-                jobs["holes"] = self._labelling(node.outputs.holes, f"label_holes_{k}", self.ctx.hole_indices)
+            todo["holes"] = (
+                node.outputs.holes,
+                self._labellable(node.outputs.holes, "holes", self.knobs.max_holes_labelled),
+            )
         if "candidates" in node.outputs:
-            jobs["candidates"] = self._labelling(node.outputs.candidates, f"label_candidates_{k}")
-        self.report(
-            f"labelling {geometries.n_conformations} validation geometries, {len(self.ctx.hole_indices)} holes and "
-            f"{node.outputs.candidates.n_conformations if 'candidates' in node.outputs else 0} candidates"
-        )
+            todo["candidates"] = (
+                node.outputs.candidates,
+                self._labellable(node.outputs.candidates, "candidates"),
+            )
+        jobs = {}
+        for kind, (dataset, indices) in todo.items():
+            if indices is not None and not indices:
+                continue
+            try:
+                jobs[kind] = self._labelling(dataset, f"label_{kind}_{k}", indices)
+            except (
+                ValueError
+            ) as exc:  # the reference work chain refused the inputs: report, go on without them
+                self.report(f"the {kind} could not be submitted for labelling: {exc}")
+        counts = {kind: len(i) if i is not None else d.n_conformations for kind, (d, i) in todo.items()}
+        self.report("labelling " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
         return ToContext(**{f"labels_{kind}": job for kind, job in jobs.items()})
 
     def inspect_labelling(self):

@@ -114,6 +114,10 @@ def test_predict_and_committee_predict_accept_committees(tmp_path, members):
         train_committee(data, np.arange(4), np.arange(4, 6), small_config(), quick(), tmp_path, n_models=1)
 
 
+#: A split whose test part is not empty for these 40 conformations (splits come from keyed hashes).
+SPLIT = {"fractions": [0.6, 0.2, 0.2], "seed": 0}
+
+
 @pytest.fixture
 def workdir(tmp_path):
     data = morse_molecules(WATER_METHANE, 40, seed=5)
@@ -129,6 +133,7 @@ def test_train_task_with_committee_size_through_the_runner(workdir):
         "model": TINY,
         "training": {**FAST, "max_epochs": 2},
         "committee_size": 3,
+        "split": SPLIT,
     }
     (workdir / "input.json").write_text(json.dumps(settings))
     subprocess.run([executable, "train", "input.json"], cwd=workdir, check=True, capture_output=True)
@@ -147,10 +152,17 @@ def test_train_task_fine_tunes_a_committee_file_and_rejects_bad_sizes(workdir):
 
     config = ModelConfig(elements=[1, 6, 8], **TINY)
     save_model(Committee.from_config(config, 2, seed=3), workdir / "parent.pt")
-    settings = {"dataset": "dataset.h5", "training": {**FAST, "max_epochs": 1}, "parent_model": "parent.pt"}
+    settings = {
+        "dataset": "dataset.h5",
+        "training": {**FAST, "max_epochs": 1},
+        "parent_model": "parent.pt",
+        "split": SPLIT,
+    }
     result = run_train_task(settings, workdir)  # committee_size left out: the parent's 2 members
     assert result["committee"]["size"] == 2 and load_model(workdir / "model.pt").size == 2
-    tested = run_test_task({"dataset": "dataset.h5", "model": "model.pt", "subset": "test"}, workdir)
+    tested = run_test_task(
+        {"dataset": "dataset.h5", "model": "model.pt", "subset": "test", "split": SPLIT}, workdir
+    )
     assert tested["metrics"]["energy"]["n"] == result["n_conformations"]["test"]
     assert "predictions.csv" in tested["files"]
     with pytest.raises(TaskError, match="committee_size 1 but the parent model is a committee of 2"):
