@@ -8,6 +8,7 @@ missing or broken cluster is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -37,7 +38,9 @@ JOB_ENV = {"OMP_NUM_THREADS": "1"}
 
 def _cluster_missing() -> str | None:
     """Why the cluster cannot run here (None if its programs are installed)."""
-    missing = [name for name in ("slurmctld", "slurmd", "slurmdbd", "munged", "sbatch") if not shutil.which(name)]
+    missing = [
+        name for name in ("slurmctld", "slurmd", "slurmdbd", "munged", "sbatch") if not shutil.which(name)
+    ]
     if not Path("/usr/sbin/sshd").exists():
         missing.append("sshd")
     return f"not installed: {', '.join(missing)}" if missing else None
@@ -65,7 +68,9 @@ def slurm_cluster() -> str:
 @pytest.fixture(scope="module")
 def daemon_profile(aiida_config, aiida_profile_factory, run_aiida_broker_service_for_profile):
     """A temporary profile with the ZeroMQ broker (run for the module), loaded while the module runs."""
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the daemon runs verdi
+    os.environ["PATH"] = (
+        f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # the daemon runs verdi
+    )
     with (
         aiida_profile_factory(aiida_config, broker_backend="core.zeromq") as profile,
         run_aiida_broker_service_for_profile(profile),
@@ -80,15 +85,13 @@ def daemon_client(daemon_profile):
 
     client = get_daemon_client(daemon_profile.name)
     yield client
-    try:
+    with contextlib.suppress(DaemonException):
         client.stop_daemon(wait=True)
-    except DaemonException:
-        pass
 
 
 def daemon_processes(client) -> list[psutil.Process]:
     """circusd of the daemon and all its children (workers, ``circus stats``), before anything is killed."""
-    pid = client.get_circus_pid()
+    pid = client.get_daemon_pid()
     if pid is None:
         return []
     root = psutil.Process(pid)
@@ -101,12 +104,10 @@ def kill_daemon(client) -> int:
     processes = daemon_processes(client)
     assert processes, "the daemon is not running"
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             process.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(processes, timeout=10)
-    for path in (client.circus_pid_file, client.circus_port_file, client.circus_socket_file):
+    for path in (client.daemon_pid_file,):
         Path(path).unlink(missing_ok=True)  # what a crashed daemon leaves behind
     return len(processes)
 
@@ -122,7 +123,9 @@ def wait_for(node: orm.ProcessNode, timeout: float, client=None) -> orm.ProcessN
     while not node.is_terminated:
         if time.monotonic() - start > timeout:
             log = Path(client.daemon_log_file).read_text()[-4000:] if client else ""
-            pytest.fail(f"{node.process_label}<{node.pk}> not terminated after {timeout} s: {node.process_state}\n{log}")
+            pytest.fail(
+                f"{node.process_label}<{node.pk}> not terminated after {timeout} s: {node.process_state}\n{log}"
+            )
         time.sleep(0.5)
     return node
 
