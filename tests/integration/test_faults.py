@@ -133,3 +133,45 @@ def test_unreachable_computer_pauses_and_resumes_after_reconfiguration(
     play_processes([node])
     wait_for(node, 120, fresh_daemon)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MB tmpfs, unmounted at the end."""
+    mountpoint = tmp_path / "tinydisk"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=True)
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_full_remote_disk_pauses_and_resumes_after_cleanup(
+    slurm_cluster, require_xtb, tiny_disk, fresh_daemon
+):
+    """The computer's work directory is on a full disk: the upload fails and the job pauses, naming the file
+    it could not upload; once space is freed, play resumes it."""
+    computer = orm.Computer(
+        label=f"slurm-full-{uuid.uuid4().hex[:6]}",
+        hostname="localhost",
+        transport_type="core.ssh_async",
+        scheduler_type="core.slurm",
+        workdir=str(tiny_disk / "work"),
+    ).store()
+    computer.set_minimum_job_poll_interval(1.0)
+    computer.set_default_mpiprocs_per_machine(1)
+    computer.configure(host=slurm_cluster, backend="asyncssh", safe_interval=0.0, max_io_allowed=8)
+    code = orm.InstalledCode(
+        label="xtb", computer=computer, filepath_executable=require_xtb, default_calc_job_plugin="mlpes.xtb"
+    ).store()
+    filler = tiny_disk / "filler"
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={filler}", "bs=4k", "count=1024"], capture_output=True, check=False
+    )
+    node = _xtb_job(code)
+    status = _wait_paused(node)
+    # SFTP (protocol 3) has no "disk full" status: the report names the failed upload and the file, not ENOSPC
+    assert "upload_calculation failed" in status and "Error while uploading file" in status, status
+    filler.unlink()
+    play_processes([node])
+    wait_for(node, 120, fresh_daemon)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
