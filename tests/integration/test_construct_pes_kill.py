@@ -77,7 +77,8 @@ def test_construct_pes_survives_a_daemon_kill_during_labelling(slurm_codes, fres
     xtb_jobs = [j for j in calcjobs_of(node) if j.process_label == "XtbCalculation"]
     batches = [n for n in node.called_descendants if n.process_label == "ReferenceBaseWorkChain"]
     # an uninterrupted run has one job per labelling batch: none repeated after the restart, none lost
-    assert len(xtb_jobs) == len(batches) >= math.ceil(N_SAMPLES / BATCH), [j.pk for j in xtb_jobs]
+    callers = [(j.pk, j.caller.process_label, j.caller.pk) for j in xtb_jobs]
+    assert len(xtb_jobs) == len(batches) >= math.ceil(N_SAMPLES / BATCH), callers
     for batch in batches:
         jobs = [c for c in batch.called if isinstance(c, orm.CalcJobNode)]
         assert len(jobs) == 1 and jobs[0].is_finished_ok, (batch.pk, [j.pk for j in jobs])

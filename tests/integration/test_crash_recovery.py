@@ -164,7 +164,12 @@ def test_training_killed_at_walltime_resumes_from_its_checkpoint(slurm_codes, fr
     builder.metadata.options = {"max_wallclock_seconds": 60, "resources": {"num_machines": 1}}
     killed = wait_for(submit(builder), 240, fresh_daemon)
 
-    assert killed.is_failed
+    # SLURM's State TIMEOUT gives exit 120 first, but the task wrote no result.json, and the parser's 300
+    # (ERROR_NO_RESULT: "killed or crashed") replaces it
+    assert killed.exit_status == TrainCalculation.exit_codes.ERROR_NO_RESULT.status, (
+        killed.exit_status,
+        killed.exit_message,
+    )
     assert sacct_jobs([killed.get_job_id()]) == {killed.get_job_id(): "TIMEOUT"}
     workdir = Path(killed.outputs.remote_folder.get_remote_path())  # the cluster is this machine
     checkpoint = torch.load(workdir / "checkpoint.pt", weights_only=True)
