@@ -330,7 +330,7 @@ class ConstructPESWorkChain(WorkChain):
         self.ctx.parent_test = None  # fixed-test metrics of the previous committee
         self.ctx.test_metrics = None
         self.ctx.retrain_scratch = False
-        self.ctx.scratch_done = False
+        self.ctx.attempt = ""  # "_scratch" for the retraining from scratch of an iteration
         self.ctx.structure = self.inputs.structure
         self.ctx.ts_structure = self.inputs.get("ts_structure")
         self.ctx.records = {}
@@ -343,6 +343,24 @@ class ConstructPESWorkChain(WorkChain):
     @property
     def knobs(self) -> LoopSettings:
         return LoopSettings.model_validate(self.ctx.settings)
+
+    def _launch(self, process_class, **inputs):
+        """Submit a child process, or adopt the one a first try of this step launched: after a daemon crash the
+        engine replays the step from its last checkpoint, and the child launched then runs anyway."""
+        from aiida.common.links import LinkType
+        from aiida.engine import CalcJob
+
+        from aiida_mlpes.workflows.reference import launched_child
+
+        label = inputs["metadata"]["call_link_label"]
+        link_type = LinkType.CALL_CALC if issubclass(process_class, CalcJob) else LinkType.CALL_WORK
+        launched = launched_child(self.node, link_type, label)
+        if launched is not None:
+            self.report(
+                f"adopting {launched.process_label}<{launched.pk}> ({label}), launched before a restart"
+            )
+            return launched
+        return self.submit(process_class, **inputs)
 
     def _fail(self, exit_code):
         """Emit what exists (last model, dataset, history) and end with ``exit_code``."""
@@ -377,7 +395,7 @@ class ConstructPESWorkChain(WorkChain):
         inputs["structures"] = {"molecule": self.inputs.structure}
         inputs.setdefault("metadata", {})["call_link_label"] = "sample"
         self.report("sampling structures around the molecule")
-        return ToContext(sample=self.submit(SampleCalculation, **inputs))
+        return ToContext(sample=self._launch(SampleCalculation, **inputs))
 
     def inspect_sampling(self):
         node = self.ctx.sample
@@ -397,7 +415,7 @@ class ConstructPESWorkChain(WorkChain):
             inputs["indices"] = orm.List(indices)
             inputs["min_distance"] = orm.Float(self.knobs.hole_min_distance)
         inputs.setdefault("metadata", {})["call_link_label"] = label
-        return self.submit(ReferenceWorkChain, **inputs)
+        return self._launch(ReferenceWorkChain, **inputs)
 
     def run_initial_labelling(self):
         samples = self.ctx.sample.outputs.dataset
@@ -469,14 +487,15 @@ class ConstructPESWorkChain(WorkChain):
         if fine_tune:
             inputs["parent_model"] = self.ctx.model
         k = self.ctx.iteration
-        inputs.setdefault("metadata", {})["call_link_label"] = f"train_{k}" + ("_scratch" if scratch else "")
+        self.ctx.attempt = "_scratch" if scratch else ""
+        inputs.setdefault("metadata", {})["call_link_label"] = f"train_{k}{self.ctx.attempt}"
         how = "from scratch" if not fine_tune else "fine-tuning the previous committee"
         self.report(
             f"iteration {k}: training a committee of {self.knobs.committee_size} on "
             f"{self.ctx.dataset.n_conformations} conformations ({how})"
         )
         self.ctx.fine_tuned = fine_tune
-        return ToContext(training=self.submit(TrainCalculation, **inputs))
+        return ToContext(training=self._launch(TrainCalculation, **inputs))
 
     def inspect_training(self):
         node = self.ctx.training
@@ -490,7 +509,9 @@ class ConstructPESWorkChain(WorkChain):
 
     def run_fixed_test(self):
         return ToContext(
-            fixed_test=self._test(self.ctx.fixed_test_dataset, f"test_{self.ctx.iteration}", subset="test")
+            fixed_test=self._test(
+                self.ctx.fixed_test_dataset, f"test_{self.ctx.iteration}{self.ctx.attempt}", subset="test"
+            )
         )
 
     def _test(self, dataset: PESDataset, label: str, subset: str = "all"):
@@ -501,7 +522,7 @@ class ConstructPESWorkChain(WorkChain):
             "settings": orm.Dict({"subset": subset, **self._split()}),
             "metadata": {"call_link_label": label, "options": self._test_options()},
         }
-        return self.submit(ModelTestCalculation, **inputs)
+        return self._launch(ModelTestCalculation, **inputs)
 
     def _test_options(self) -> dict[str, Any]:
         """The training job's scheduler options, without what belongs to mlpes.train itself (its parser)."""
@@ -567,7 +588,7 @@ class ConstructPESWorkChain(WorkChain):
         if self.ctx.ts_structure is not None:
             inputs["ts_structure"] = self.ctx.ts_structure
         inputs.setdefault("metadata", {})["call_link_label"] = f"characterize_{self.ctx.iteration}"
-        return ToContext(characterization=self.submit(CharacterizeCalculation, **inputs))
+        return ToContext(characterization=self._launch(CharacterizeCalculation, **inputs))
 
     def inspect_characterization(self):
         node = self.ctx.characterization

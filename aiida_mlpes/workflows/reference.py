@@ -214,7 +214,7 @@ class ReferenceBaseWorkChain(BaseRestartWorkChain):
         submitted again: the engine replays a step from its last checkpoint, and the job of the first try
         (stored, linked and queued) runs anyway."""
         label = f"iteration_{self.ctx.iteration + 1:02d}"
-        launched = _called(self.node, LinkType.CALL_CALC, label)
+        launched = launched_child(self.node, LinkType.CALL_CALC, label)
         if launched is None:
             return super().run_process()
         self.ctx.iteration += 1
@@ -363,7 +363,7 @@ class ReferenceBaseWorkChain(BaseRestartWorkChain):
         return collect_exclusions(**jobs)
 
 
-def _called(node: orm.ProcessNode, link_type: LinkType, label: str) -> orm.ProcessNode | None:
+def launched_child(node: orm.ProcessNode, link_type: LinkType, label: str) -> orm.ProcessNode | None:
     """The process that ``node`` called with the link ``label`` (None if there is none yet)."""
     found = node.base.links.get_outgoing(link_type=link_type, link_label_filter=label).all_nodes()
     return found[0] if found else None
@@ -520,7 +520,7 @@ class ReferenceWorkChain(WorkChain):
             if "driver_code" in self.inputs:
                 inputs["driver_code"] = self.inputs.driver_code
             # after a daemon crash this step is replayed: adopt the batches its first try launched
-            launched = _called(self.node, LinkType.CALL_WORK, f"batch_{k:04d}")
+            launched = launched_child(self.node, LinkType.CALL_WORK, f"batch_{k:04d}")
             futures[f"batch_{k:04d}"] = launched or self.submit(ReferenceBaseWorkChain, **inputs)
         self.report(
             f"submitted {len(futures)} batches of up to {max(len(b) for b in self.ctx.batches)} structures"

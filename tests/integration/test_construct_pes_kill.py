@@ -22,32 +22,33 @@ BATCH = 10
 
 
 def _builder(codes: dict[str, orm.InstalledCode]):
-    builder = ConstructPESWorkChain.get_builder()
-    builder.structure = orm.StructureData(ase=molecule("H2O"))
-    builder.max_iterations = orm.Int(1)
-    builder.sample.code = codes["aiida-mlpes-run"]
-    builder.sample.driver = orm.Dict({"name": "tblite", "parameters": {"method": "GFN2-xTB"}})
-    builder.sample.settings = orm.Dict(
-        {
-            "sampler": "normal_mode_sampling",
-            "parameters": {"n_samples": N_SAMPLES, "temperature": 600.0},
-            "seed": 0,
-        }
-    )
-    builder.reference.code = codes["xtb"]
-    builder.reference.parameters = orm.Dict({"method": "GFN2-xTB"})
-    builder.reference.batch_size = orm.Int(BATCH)
-    builder.train.code = codes["aiida-mlpes-run"]
-    builder.train.settings = orm.Dict(
-        {
+    overrides = {
+        "settings": {"max_iterations": 1, "min_iterations": 1, "committee_size": 2, "n_candidates": 4},
+        "sample": {"parameters": {"n_samples": N_SAMPLES, "temperature": 600.0, "optimize": True}, "seed": 0},
+        "train": {
             "model": {"n_features": 16, "n_rbf": 8, "n_blocks": 1, "cutoff": 4.0},
             "training": {"max_epochs": 10, "batch_size": 8, "progress_bar": False, "threads": 1},
-            # at least two validation and test conformations (a single one has no r^2)
+            # at least two validation and test conformations
             "split": {"fractions": [0.6, 0.2, 0.2], "seed": 0},
-        }
+        },
+        "characterize": {
+            "tasks": {
+                "optimize": {"fmax": 0.01},
+                "frequencies": {},
+                "dmc": {"nwalkers": 50, "nsteps": 40, "eqsteps": 10, "seed": 0, "uncertainty_threshold": 0.1},
+                "explore": {"md_steps": 20},
+            }
+        },
+    }
+    builder = ConstructPESWorkChain.get_builder_from_protocol(
+        {"reference": codes["xtb"], "runner": codes["aiida-mlpes-run"]},
+        orm.StructureData(ase=molecule("H2O")),
+        protocol="fast",
+        overrides=overrides,
+        options={"max_wallclock_seconds": 1800},  # within the test partition's MaxTime
     )
-    builder.characterize.code = codes["aiida-mlpes-run"]
-    builder.characterize.tasks = orm.Dict({"dmc": {"nwalkers": 50, "nsteps": 40, "eqsteps": 10, "seed": 0}})
+    builder.reference.parameters = orm.Dict({"method": "GFN2-xTB"})
+    builder.reference.batch_size = orm.Int(BATCH)
     return builder
 
 
