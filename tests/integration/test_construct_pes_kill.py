@@ -33,7 +33,7 @@ def _builder(codes: dict[str, orm.InstalledCode]):
         },
         "characterize": {
             "tasks": {
-                "optimize": {"fmax": 0.01},
+                "optimize": {"fmax": 0.001},
                 "frequencies": {},
                 "dmc": {"nwalkers": 50, "nsteps": 40, "eqsteps": 10, "seed": 0, "uncertainty_threshold": 0.1},
                 "explore": {"md_steps": 20},
