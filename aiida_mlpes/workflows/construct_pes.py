@@ -162,11 +162,6 @@ class ConstructPESWorkChain(WorkChain):
         spec.exit_code(403, "ERROR_TRAINING_FAILED", message="Training failed: {message}")
         spec.exit_code(404, "ERROR_CHARACTERIZATION_FAILED", message="Characterization failed: {message}")
         spec.exit_code(
-            405,
-            "ERROR_VALIDATION_FAILED",
-            message="The model could not be validated against the reference: {message}",
-        )
-        spec.exit_code(
             410,
             "WARNING_NOT_CONVERGED",
             message="Not converged after {iterations} iterations (failing: {failing}); the outputs hold the "

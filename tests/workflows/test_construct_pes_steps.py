@@ -205,3 +205,10 @@ def _record(k: int) -> orm.Dict:
             "dmc": {"n_holes": 3, "zpe": 0.9, "zpe_error": 0.01},
         }
     ).store()
+
+
+def test_initial_labelling_failure_keeps_the_initial_dataset(workchain):
+    process = workchain()
+    process.ctx.initial_labels = finished("aiida.workflows:mlpes.reference", 402)
+    assert process.add_initial().status == 402
+    assert outputs(process) == {"dataset", "history", "convergence_plot"}
