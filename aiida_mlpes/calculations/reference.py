@@ -193,6 +193,8 @@ def validate_reference_inputs(inputs: dict[str, Any], max_z: int = 118) -> str |
 
 #: Settings of the driver process in driver mode (see ``driver_code``).
 DRIVER_INPUT = "commands.json"
+#: Per-structure results parsed by the driver process (JSON lines), when the program has a reader there.
+DRIVER_RESULTS = "results.jsonl"
 
 
 def validate_driver_code(inputs: dict[str, Any]) -> str | None:
@@ -223,6 +225,10 @@ class ReferenceCalculation(CalcJob):
     STORE_STRUCTURE_INPUTS: ClassVar[bool] = True
     #: Name (without extension) of structure ``k`` of the job.
     NAME_FORMAT: ClassVar[str] = "s{:05d}"
+    #: In driver mode, the program whose outputs the driver process parses itself (a key of
+    #: ``aiida_mlpes.core.commands.READERS``): the job then returns one results file instead of every
+    #: output. None: the outputs are retrieved and parsed here.
+    DRIVER_READER: ClassVar[str | None] = None
 
     @classmethod
     def define(cls, spec) -> None:
@@ -287,21 +293,30 @@ class ReferenceCalculation(CalcJob):
 
     # --- common machinery -----------------------------------------------------------------------------------
     def _driver_codeinfo(self, folder: Folder, codes_info: list[CodeInfo]) -> CodeInfo:
-        """One ``aiida-mlpes-run run_commands`` call that runs the program calls of ``codes_info`` in turn."""
+        """One ``aiida-mlpes-run run_commands`` call that runs the program calls of ``codes_info``, up to
+        :meth:`driver_processes` at a time; each call's input files travel inside its settings file."""
         executable = str(self.inputs.code.get_executable())
         environment = dict(self.inputs.metadata.options.get("environment_variables") or {})
         environment.setdefault(
             "OMP_NUM_THREADS", "1"
         )  # xtb & co. are far slower with threads on tiny molecules
-        commands = [
-            {
+        commands = []
+        for name, info, files in zip(self._names, codes_info, self._structure_files, strict=True):
+            command = {
                 "args": [executable, *info.cmdline_params],
                 "stdout": info.stdout_name,
                 "stderr": info.stderr_name,
+                "files": files,
             }
-            for info in codes_info
-        ]
-        settings = {"commands": commands, "environment": environment}
+            if self.DRIVER_READER:
+                command["parse"] = {"program": self.DRIVER_READER, "namespace": name}
+            commands.append(command)
+        settings = {
+            "commands": commands,
+            "environment": environment,
+            "processes": self.driver_processes(),
+            "results": DRIVER_RESULTS,
+        }
         folder.create_file_from_filelike(io.StringIO(json.dumps(settings)), DRIVER_INPUT, mode="w")
         driver = CodeInfo()
         driver.code_uuid = self.inputs.driver_code.uuid
@@ -310,12 +325,25 @@ class ReferenceCalculation(CalcJob):
         driver.stderr_name = "driver.err"
         return driver
 
+    def driver_processes(self) -> int:
+        """Program calls run at once in driver mode: the MPI processes the job was given
+        (``num_machines * num_mpiprocs_per_machine``), each call single-threaded."""
+        resources = self.inputs.metadata.options.get("resources") or {}
+        return max(
+            1, int(resources.get("num_machines", 1)) * int(resources.get("num_mpiprocs_per_machine", 1))
+        )
+
     def selected_indices(self) -> list[int]:
         if "indices" in self.inputs:
             return [int(i) for i in self.inputs.indices.get_list()]
         return list(range(n_structures(self.inputs.structures)))
 
     def write_text(self, folder: Folder, name: str, text: str) -> None:
+        """Write an input file of the current structure (in driver mode: into the driver's settings, which
+        writes it on the computer just before the call; one file instead of hundreds to upload)."""
+        if self._structure_files is not None:
+            self._structure_files[-1][name] = text
+            return
         folder.create_file_from_filelike(io.StringIO(text), name, mode="w")
         self._written.append(name)
 
@@ -325,8 +353,14 @@ class ReferenceCalculation(CalcJob):
         parameters = self.inputs.parameters.get_dict()
         codes_info: list[CodeInfo] = []
         self._written: list[str] = []
+        driver_mode = "driver_code" in self.inputs
+        self._structure_files: list[dict[str, str]] | None = [] if driver_mode else None
+        self._names: list[str] = []
         for k, index in enumerate(indices):
             name = self.NAME_FORMAT.format(k)
+            self._names.append(name)
+            if self._structure_files is not None:
+                self._structure_files.append({})
             sl = arrays.atom_slice(k)
             codeinfo = self.write_structure(
                 folder, name, index, arrays.atomic_numbers[sl], arrays.positions[sl], parameters
@@ -336,7 +370,7 @@ class ReferenceCalculation(CalcJob):
             codes_info.append(codeinfo)
         calcinfo = CalcInfo()
         calcinfo.codes_info = codes_info
-        if "driver_code" in self.inputs:
+        if driver_mode:
             calcinfo.codes_info = [self._driver_codeinfo(folder, codes_info)]
             # the program's own environment set-up (module load ...) still runs before the calls
             calcinfo.prepend_text = self.inputs.code.prepend_text or None
@@ -351,13 +385,16 @@ class ReferenceCalculation(CalcJob):
                     f"{chemical_symbols[z]} {x:.12f} {y:.12f} {zz:.12f}"
                     for z, (x, y, zz) in zip(arrays.atomic_numbers[sl], arrays.positions[sl], strict=True)
                 )
-            self.write_text(folder, "structures.xyz", "\n".join(frames) + "\n")
-            calcinfo.provenance_exclude_list = [n for n in self._written if n != "structures.xyz"]
+            folder.create_file_from_filelike(
+                io.StringIO("\n".join(frames) + "\n"), "structures.xyz", mode="w"
+            )
+            calcinfo.provenance_exclude_list = list(self._written)
         calcinfo.codes_run_mode = CodeRunMode.SERIAL
+        outputs = [DRIVER_RESULTS] if driver_mode and self.DRIVER_READER else list(self.RETRIEVE)
         if self.inputs.keep_raw_outputs.value:
-            calcinfo.retrieve_list = list(self.RETRIEVE)
+            calcinfo.retrieve_list = sorted({*outputs, *self.RETRIEVE})
             calcinfo.retrieve_temporary_list = []
         else:
             calcinfo.retrieve_list = []
-            calcinfo.retrieve_temporary_list = list(self.RETRIEVE)
+            calcinfo.retrieve_temporary_list = outputs
         return calcinfo

@@ -40,6 +40,7 @@ class XtbCalculation(ReferenceCalculation):
     #: (dipole, charges); xtb's separate energy and charges files repeat these and are not retrieved.
     RETRIEVE: ClassVar[list[str]] = ["s*.out", "s*.err", "s*.gradient", "s*.xtbout.json"]
     STORE_STRUCTURE_INPUTS: ClassVar[bool] = False
+    DRIVER_READER: ClassVar[str | None] = "xtb"
 
     @classmethod
     def check_parameters(cls, parameters: dict[str, Any]) -> None:

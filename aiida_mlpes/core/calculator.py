@@ -2,14 +2,15 @@
 
 - :class:`MLPESCalculator`: ASE calculator with ``energy``, ``forces``, ``dipole`` and ``charges``; with a
   committee (a committee model file, a :class:`~.models.Committee`, or a list of models) it returns committee
-  means plus ``energy_std`` (eV) and ``forces_std`` (eV/Angstrom, per atom and component) as extra results
-  (query by committee). A list of models of one ModelConfig is stacked into one Committee, so all members
-  are evaluated in one batched call.
+  means plus ``energy_std`` (eV), ``forces_std`` (eV/Angstrom, per atom and component) and ``forces_std_max``
+  (eV/Angstrom) as extra results (query by committee). A list of models of one ModelConfig is stacked into
+  one Committee, so all members are evaluated in one batched call.
 - :meth:`MLPESCalculator.as_potential` -> :class:`MLPotential`: the DESIGN.md Potential contract,
   ``potential(positions (B, N, 3) Angstrom) -> (energies (B,) eV, forces (B, N, 3) eV/Angstrom)``, for one
-  fixed molecule. Species, pair list and batch indices are built once and cached per chunk size, so a call
-  costs the network and nothing else. ``potential.energies(positions)`` skips forces (about half the cost;
-  DMC needs no forces), ``potential.uncertainty(positions)`` gives the committee energy std (B,) eV,
+  fixed molecule. Species and batch indices are built once and cached per chunk size (one molecule runs in
+  the model's dense pair layout, which needs no pair list), so a call costs the network and nothing else.
+  ``potential.energies(positions)`` skips forces (no autograd; DMC needs no forces),
+  ``potential.uncertainty(positions)`` gives the committee energy std (B,) eV,
   ``as_potential(..., return_std=True)`` makes calls return ``(energies, forces, energy_std)``, and
   ``potential.evaluate(positions)`` adds ``energy_std`` (B,) and ``forces_std_max`` (B,) eV/Angstrom (the
   largest per-atom norm of the force std, SPARC's selection measure).
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
@@ -30,7 +30,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from .models import AtomisticModel, Committee, load_model
 from .models.fast_numpy import NumpyPhysNet
-from .models.neighbors import all_pairs
+from .threads import default_threads, threads_for, torch_threads
 
 ModelLike = str | os.PathLike | AtomisticModel | Committee
 
@@ -77,63 +77,9 @@ def committee_std(values: np.ndarray) -> np.ndarray:
     return np.std(values - values[:1], axis=0)
 
 
-#: Chunks with fewer atoms than this run on one thread: thread start-up costs more than it saves, and on
-#: a shared machine a second thread that waits for a busy core can slow a call down many times.
-SMALL_CHUNK_ATOMS = 512
 #: Chunks up to this many atoms use the numpy engine (PhysNet): faster per call for a few atoms, slower
 #: than torch from about 32-64 atoms on (measured with 128 features).
 NUMPY_MAX_ATOMS = 32
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily run torch on ``n`` intra-op threads (``None``: leave the setting alone)."""
-    previous = torch.get_num_threads()
-    if n is None or n == previous:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-class ThreadChooser:
-    """Picks the faster of 1 and ``max_threads`` torch threads for large chunks, by timing real calls.
-
-    On a machine shared with other jobs a second OpenMP thread that waits for a busy core can make a call
-    several times slower than one thread; on an idle machine two threads are ~1.7x faster. Each count is
-    timed (seconds per structure, median of the last few calls); the faster one is used and the other is
-    re-timed after ``probe_every`` x (its slowdown) calls, so the choice follows the machine's load while
-    probing costs at most ~1/``probe_every`` of the run time.
-    """
-
-    def __init__(self, max_threads: int, probe_every: int = 16, window: int = 5) -> None:
-        self.options = sorted({1, max(1, max_threads)})
-        self.samples: dict[int, list[float]] = {n: [] for n in self.options}
-        self.probe_every = probe_every
-        self.window = window
-        self.since_probe = 0
-
-    def choose(self) -> int:
-        """Thread count for the next large chunk."""
-        missing = [n for n in self.options if len(self.samples[n]) < 2]
-        if missing:
-            return missing[0]
-        ranked = sorted(self.options, key=lambda n: float(np.median(self.samples[n])))
-        if len(ranked) > 1:
-            slowdown = float(np.median(self.samples[ranked[1]]) / np.median(self.samples[ranked[0]]))
-            self.since_probe += 1
-            if self.since_probe >= self.probe_every * slowdown:
-                self.since_probe = 0
-                return ranked[1]
-        return ranked[0]
-
-    def record(self, threads: int, seconds_per_structure: float) -> None:
-        samples = self.samples[threads]
-        samples.append(seconds_per_structure)
-        del samples[: -self.window]
 
 
 class MLPotential:
@@ -146,9 +92,9 @@ class MLPotential:
         charge: total charge in e.
         chunk_size: structures evaluated per network call (bounds memory; larger batches are split).
         return_std: if True, ``__call__`` returns ``(energies, forces, energy_std)``.
-        num_threads: torch threads for chunks of ``SMALL_CHUNK_ATOMS`` atoms or more; ``None`` (default)
-            times real calls and uses the faster of 1 and torch's current setting (:class:`ThreadChooser`).
-            Smaller chunks always use one thread.
+        num_threads: the most torch threads a chunk may use; ``None`` (default): torch's current setting
+            (``torch.set_num_threads``) capped by the cores the job is given (:mod:`..threads`). Each chunk
+            uses ``threads_for(its atom count, this cap)`` threads: small chunks run on one thread.
         use_numpy: evaluate chunks of at most ``NUMPY_MAX_ATOMS`` atoms of a PhysNet with the numpy engine
             (``models/fast_numpy.py``; 2-3x lower per-operation overhead than torch).
     """
@@ -164,10 +110,10 @@ class MLPotential:
         use_numpy: bool = True,
     ) -> None:
         self.models = list(models)
+        if num_threads is not None and int(num_threads) < 1:
+            raise ValueError(f"num_threads must be a positive integer, got {num_threads}")
         self.n_members = sum(member_count(m) for m in self.models)
         self.num_threads = num_threads
-        #: one chooser for energy+forces calls, one for energies only (different costs)
-        self.thread_choosers = {f: ThreadChooser(torch.get_num_threads()) for f in (True, False)}
         self.numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
         if len(self.numbers) == 0:
             raise ValueError("numbers is empty: a potential needs at least one atom")
@@ -204,8 +150,8 @@ class MLPotential:
                 "n_atoms": n_atoms,
                 "charge": torch.full((b,), self.charge, dtype=self.dtype, device=self.device),
             }
-            if n <= min(m.config.all_pairs_max_atoms for m in self.models):
-                cached["idx_i"], cached["idx_j"] = all_pairs(n_atoms)  # else each model builds its own
+            # no pair list: one molecule of at most all_pairs_max_atoms atoms runs in the dense layout
+            # (models/pairs.py), a larger one gets its vesin neighbour list from the model
             if len(self._cache) > 8:
                 self._cache.clear()
             self._cache[b] = cached
@@ -229,7 +175,6 @@ class MLPotential:
         a committee gives every member's results at once, with a leading member axis (K, B, ...)."""
         b = len(positions)
         engine = self._numpy[m]
-        small = b * self.n_atoms < SMALL_CHUNK_ATOMS
         if engine is not None and b * self.n_atoms <= NUMPY_MAX_ATOMS:
             try:
                 return engine(positions, forces=forces)
@@ -239,20 +184,12 @@ class MLPotential:
         batch = self._batch(chunk)
         model = self.models[m]
         on_cpu = self.device.type == "cpu"
-        threads = 1 if small else self.num_threads
-        auto = on_cpu and threads is None
-        if auto:
-            threads = self.thread_choosers[forces].choose()
-        start = time.perf_counter()
-        with torch_threads(threads) if on_cpu else _nothing():
+        with torch_threads(self.threads(b)) if on_cpu else _nothing():
             if forces:
                 out = model(batch, compute_forces=True)
             else:
                 with torch.inference_mode():
                     out = model(batch, compute_forces=False)
-        if auto:
-            # auto: threads was set by choose() above
-            self.thread_choosers[forces].record(cast(int, threads), (time.perf_counter() - start) / b)
         lead = (member_count(model),) if isinstance(model, Committee) else ()
         result = {"energy": out["energy"].cpu().numpy()}
         if forces:
@@ -265,6 +202,11 @@ class MLPotential:
             )
             result["dipole"] = out["dipole"].cpu().numpy().astype(np.float64)
         return result
+
+    def threads(self, n_structures: int) -> int:
+        """Torch threads for a chunk of ``n_structures`` structures (see ``num_threads``)."""
+        cores = default_threads() if self.num_threads is None else self.num_threads
+        return threads_for(n_structures * self.n_atoms, cores)
 
     def refresh(self) -> None:
         """Re-read the models' weights (only needed after writing to ``param.data`` directly)."""
@@ -391,3 +333,5 @@ class MLPESCalculator(Calculator):
         if len(energy) > 1:
             self.results["energy_std"] = float(committee_std(energy))
             self.results["forces_std"] = committee_std(forces)
+            # SPARC's selection measure: the largest per-atom norm of the force std (eV/Angstrom)
+            self.results["forces_std_max"] = float(np.linalg.norm(self.results["forces_std"], axis=-1).max())

@@ -128,7 +128,7 @@ class LoopSettings(BaseModel):
     scratch_fallback: bool = Field(
         default=True,
         description="Retrain from scratch when a fine-tuned committee is worse than its parent on the fixed "
-        "test set (energy or force MAE more than 1.5x the parent's).",
+        "test set: energy or force MAE more than 1.5x the parent's and above its tolerance.",
     )
     validate_frequencies: bool = Field(
         default=True,
@@ -286,7 +286,9 @@ def frequency_rmse(model: Sequence[float], reference: Sequence[float]) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2))) if len(a) else 0.0
 
 
-def plot_convergence(iterations: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+def plot_convergence(
+    iterations: Sequence[Mapping[str, Any]], path: str | Path, tolerances: Tolerances | None = None
+) -> Path:
     """PNG of the loop's history: errors on new labels and the fixed test set, holes, frequency RMSE vs the
     reference, ZPE and barrier per iteration."""
     import matplotlib
@@ -306,22 +308,26 @@ def plot_convergence(iterations: Sequence[Mapping[str, Any]], path: str | Path) 
         return out
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    ax = axes[0, 0]
-    ax.semilogy(ks, series("new_labels", "energy_mae"), "o-", label="new labels (before training)")
-    ax.semilogy(ks, series("test", "energy", "mae"), "s--", label="fixed test set")
-    ax.set_ylabel("energy MAE / eV")
-    ax.legend(fontsize=8)
-    ax = axes[0, 1]
-    ax.semilogy(ks, series("new_labels", "forces_mae"), "o-", label="new labels (before training)")
-    ax.semilogy(ks, series("test", "forces", "mae"), "s--", label="fixed test set")
-    ax.set_ylabel("force MAE / eV/Angstrom")
-    ax.legend(fontsize=8)
+    tol = tolerances or Tolerances()
+    panels = [
+        (axes[0, 0], "energy", "energy MAE / eV", tol.energy_mae),
+        (axes[0, 1], "forces", "force MAE / eV/Angstrom", tol.forces_mae),
+    ]
+    for ax, name, label, limit in panels:
+        ax.semilogy(ks, series("new_labels", f"{name}_mae"), "o-", label="new labels (before training)")
+        ax.semilogy(ks, series("test", name, "mae"), "s--", label="fixed test set")
+        ax.axhline(limit, color="gray", lw=0.8, ls=":", label="tolerance")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
     ax = axes[1, 0]
-    ax.plot(ks, series("validation", "frequency_rmse"), "o-", label="frequency RMSE vs reference / cm^-1")
-    holes = series("dmc", "n_holes")
-    ax.plot(ks, holes, "x:", label="DMC holes")
-    ax.set_yscale("symlog")
-    ax.legend(fontsize=8)
+    ax.plot(ks, series("validation", "frequency_rmse"), "o-", label="frequency RMSE vs reference")
+    ax.axhline(tol.frequency_rmse, color="gray", lw=0.8, ls=":", label="tolerance")
+    ax.set_ylabel("cm^-1")
+    ax.set_ylim(bottom=0)
+    holes = ax.twinx()
+    holes.plot(ks, series("dmc", "n_holes"), "x:", color="tab:red", label="DMC holes")
+    holes.set_ylabel("DMC holes", color="tab:red")
+    ax.legend(fontsize=8, loc="upper right")
     ax = axes[1, 1]
     zpe = np.asarray(series("dmc", "zpe"))
     err = np.nan_to_num(np.asarray(series("dmc", "zpe_error")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import pathlib
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,12 @@ from aiida import orm
 from aiida.engine import ExitCode
 from aiida.parsers import Parser
 
-from aiida_mlpes.calculations.reference import CATEGORY_EXIT_CODES, load_structures, n_structures
+from aiida_mlpes.calculations.reference import (
+    CATEGORY_EXIT_CODES,
+    DRIVER_RESULTS,
+    load_structures,
+    n_structures,
+)
 from aiida_mlpes.core.ragged import RaggedArrays
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.core.reference.common import ReferenceResult
@@ -76,6 +82,22 @@ def check_consistency(result: ReferenceResult, numbers: np.ndarray, positions: n
                 result.fail(common.ERROR, f"the output geometry differs from the input by {dev:.3g} Angstrom")
 
 
+def read_driver_results(path: pathlib.Path) -> dict[int, dict[str, Any]] | None:
+    """Records of the driver's results file by structure position ``k`` (None when there is no file); the
+    last line of a structure wins (a call's "started" line comes before its result), a half-written last
+    line (killed job) is ignored."""
+    if not path.is_file():
+        return None
+    records: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        records[int(record.pop("index"))] = record
+    return records
+
+
 class ReferenceParser(Parser):
     """Parse a batch of program runs; subclasses implement :meth:`read_structure`."""
 
@@ -108,9 +130,14 @@ class ReferenceParser(Parser):
         name_format = calc.process_class.NAME_FORMAT
         names = [name_format.format(k) for k in range(len(indices))]
 
+        program = calc.process_class.PROGRAM
         with self._files(kwargs) as folder:
-            existing = {p.name for p in folder.iterdir()}
-            present = [any(f.startswith(f"{n}.") for f in existing) for n in names]
+            records = read_driver_results(folder / DRIVER_RESULTS)
+            if records is not None:  # parsed by the driver process on the computer
+                present = [k in records for k in range(len(names))]
+            else:
+                existing = {p.name for p in folder.iterdir()}
+                present = [any(f.startswith(f"{n}.") for f in existing) for n in names]
             last = max((k for k, p in enumerate(present) if p), default=-1)
             results: list[ReferenceResult] = []
             for k, name in enumerate(names):
@@ -119,9 +146,12 @@ class ReferenceParser(Parser):
                     message = (
                         "never started (the job stopped before)" if k > last else "no output file was written"
                     )
-                    results.append(ReferenceResult(program=calc.process_class.PROGRAM).fail(status, message))
+                    results.append(ReferenceResult(program=program).fail(status, message))
                     continue
-                result = self.read_structure(folder, name, parameters)
+                if records is not None:
+                    result = common.result_from_record(program, records[k])
+                else:
+                    result = self.read_structure(folder, name, parameters)
                 sl = arrays.atom_slice(k)
                 check_consistency(result, arrays.atomic_numbers[sl], arrays.positions[sl])
                 results.append(result)

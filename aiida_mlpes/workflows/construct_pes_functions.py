@@ -198,13 +198,15 @@ def _pooled(scores: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @calcfunction
-def collect_history(**records: orm.Dict) -> dict[str, orm.Data]:
-    """``history`` (Dict: the records of ``iteration_<k>`` in order) and ``convergence_plot`` (PNG)."""
-    from aiida_mlpes.core.convergence import plot_convergence
+def collect_history(settings: orm.Dict, **records: orm.Dict) -> dict[str, orm.Data]:
+    """``history`` (Dict: the records of ``iteration_<k>`` in order) and ``convergence_plot`` (PNG, with the
+    tolerances of the loop ``settings``)."""
+    from aiida_mlpes.core.convergence import LoopSettings, plot_convergence
 
+    tolerances = LoopSettings.from_dict(settings.get_dict()).tolerances
     ordered = [records[key].get_dict() for key in sorted(records, key=lambda k: int(k.rsplit("_", 1)[1]))]
     history = orm.Dict({"iterations": ordered, "converged": bool(ordered and ordered[-1].get("converged"))})
     with tempfile.TemporaryDirectory() as tmp:
-        path = plot_convergence(ordered, Path(tmp) / "convergence.png")
+        path = plot_convergence(ordered, Path(tmp) / "convergence.png", tolerances)
         plot = orm.SinglefileData(io.BytesIO(path.read_bytes()), filename="convergence.png")
     return {"history": history, "convergence_plot": plot}

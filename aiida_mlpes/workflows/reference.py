@@ -21,12 +21,14 @@ from typing import Any
 import yaml
 from aiida import orm
 from aiida.common import AttributeDict
+from aiida.common.links import LinkType
 from aiida.engine import (
     BaseRestartWorkChain,
     ExitCode,
     ProcessHandlerReport,
     ToContext,
     WorkChain,
+    append_,
     calcfunction,
     process_handler,
     while_,
@@ -207,6 +209,18 @@ class ReferenceBaseWorkChain(BaseRestartWorkChain):
         if "driver_code" in self.inputs:
             self.ctx.inputs["driver_code"] = self.inputs.driver_code
 
+    def run_process(self) -> ToContext:
+        """As the base class, but a job that this step launched before a daemon crash is adopted instead of
+        submitted again: the engine replays a step from its last checkpoint, and the job of the first try
+        (stored, linked and queued) runs anyway."""
+        label = f"iteration_{self.ctx.iteration + 1:02d}"
+        launched = launched_child(self.node, LinkType.CALL_CALC, label)
+        if launched is None:
+            return super().run_process()
+        self.ctx.iteration += 1
+        self.report(f"adopting {launched.process_label}<{launched.pk}>, launched before a restart")
+        return ToContext(children=append_(launched))
+
     # --- process handlers -------------------------------------------------------------------------------------
     @process_handler(priority=900)
     def record_results(self, node) -> None:
@@ -347,6 +361,12 @@ class ReferenceBaseWorkChain(BaseRestartWorkChain):
                     }
                 )
         return collect_exclusions(**jobs)
+
+
+def launched_child(node: orm.ProcessNode, link_type: LinkType, label: str) -> orm.ProcessNode | None:
+    """The process that ``node`` called with the link ``label`` (None if there is none yet)."""
+    found = node.base.links.get_outgoing(link_type=link_type, link_label_filter=label).all_nodes()
+    return found[0] if found else None
 
 
 def _merge(datasets: list[PESDataset]) -> PESDataset:
@@ -499,7 +519,9 @@ class ReferenceWorkChain(WorkChain):
             }
             if "driver_code" in self.inputs:
                 inputs["driver_code"] = self.inputs.driver_code
-            futures[f"batch_{k:04d}"] = self.submit(ReferenceBaseWorkChain, **inputs)
+            # after a daemon crash this step is replayed: adopt the batches its first try launched
+            launched = launched_child(self.node, LinkType.CALL_WORK, f"batch_{k:04d}")
+            futures[f"batch_{k:04d}"] = launched or self.submit(ReferenceBaseWorkChain, **inputs)
         self.report(
             f"submitted {len(futures)} batches of up to {max(len(b) for b in self.ctx.batches)} structures"
         )

@@ -47,6 +47,33 @@ def test_one_codeinfo_runs_the_calls_from_an_argument_list(codes):
     assert all(c["args"][0] == str(Path(XTB).resolve()) for c in commands)
     assert commands[0]["args"][1] == "s00000.xyz" and "--grad" in commands[0]["args"]
     assert settings["environment"]["OMP_NUM_THREADS"] == "1"
+    # each call's input travels in the settings file (written on the computer), not as a file to upload
+    assert list(commands[1]["files"]) == ["s00001.xyz"]
+    assert commands[1]["files"]["s00001.xyz"].startswith("4\n")
+    assert not Path(folder.abspath, "s00000.xyz").exists()
+    assert settings["processes"] == 1
+    # the driver parses each xtb output itself: the job sends back one results file
+    assert commands[2]["parse"] == {"program": "xtb", "namespace": "s00002"}
+    assert calcinfo.retrieve_temporary_list == ["results.jsonl"]
+
+
+def test_driver_runs_as_many_calls_at_once_as_the_job_has_processes(codes):
+    """Two MPI processes given to the job: two single-threaded xtb calls at a time, same labels."""
+    dataset = PESDataset.from_arrays(nh3_arrays(6, seed=5)).store()
+    options = {**OPTIONS, "resources": {"num_machines": 1, "num_mpiprocs_per_machine": 2}}
+    results = {}
+    for name, opts in (("serial", OPTIONS), ("two", options)):
+        out, node = run_get_node(
+            XtbCalculation,
+            code=codes["xtb"],
+            driver_code=codes["driver"],
+            structures=dataset,
+            metadata={"options": opts},
+        )
+        assert node.is_finished_ok, node.exit_message
+        results[name] = out["dataset"].get_arrays()
+    np.testing.assert_array_equal(results["serial"].energy, results["two"].energy)
+    np.testing.assert_array_equal(results["serial"].forces, results["two"].forces)
 
 
 def test_driver_mode_gives_the_same_labels(codes):
@@ -92,5 +119,64 @@ def test_run_commands_task_records_each_status(tmp_path):
     assert result["statuses"] == [0, 1] and result["n_nonzero"] == 1
     assert (tmp_path / "a.out").read_text() == "one\n"
     assert (tmp_path / "commands.progress").read_text().splitlines() == ["a.out 0", "b.out 1"]
+
+
+def test_run_commands_task_writes_input_files_and_runs_calls_side_by_side(tmp_path):
+    commands = [
+        {
+            "args": ["/bin/cat", f"in{k}.txt"],
+            "stdout": f"{k}.out",
+            "stderr": f"{k}.err",
+            "files": {f"in{k}.txt": str(k)},
+        }
+        for k in range(5)
+    ]
+    result = run_commands_task({"commands": commands, "processes": 2}, tmp_path)
+    assert result["statuses"] == [0] * 5
+    assert [(tmp_path / f"{k}.out").read_text() for k in range(5)] == ["0", "1", "2", "3", "4"]
+    assert sorted((tmp_path / "commands.progress").read_text().split()[::2]) == [f"{k}.out" for k in range(5)]
+    with pytest.raises(TaskError, match="plain file name"):
+        run_commands_task({"commands": [{**commands[0], "files": {"../x": ""}}]}, tmp_path)
+    with pytest.raises(TaskError, match="processes"):
+        run_commands_task({"commands": commands, "processes": 0}, tmp_path)
     with pytest.raises(TaskError, match="cannot run /nonexistent"):
         run_commands_task({"commands": [{"args": ["/nonexistent"], "stdout": "c", "stderr": "d"}]}, tmp_path)
+
+
+def test_driver_parses_outputs_and_a_killed_job_leaves_the_rest_not_run(tmp_path):
+    """Records of the driver (one JSON line per finished call) are what the parser reads; a garbled output
+    fails its structure only; calls that never ran have no record."""
+    from aiida_mlpes.core.reference import common
+    from aiida_mlpes.core.reference.xtb import write_xyz, xtb_arguments
+    from aiida_mlpes.parsers.reference import read_driver_results
+
+    arrays = nh3_arrays(2)
+    commands = []
+    for k in range(2):
+        sl = arrays.atom_slice(k)
+        commands.append(
+            {
+                "args": [XTB, *xtb_arguments(f"s{k}.xyz", 0, 1, namespace=f"s{k}")],
+                "stdout": f"s{k}.out",
+                "stderr": f"s{k}.err",
+                "files": {f"s{k}.xyz": write_xyz(arrays.atomic_numbers[sl], arrays.positions[sl])},
+                "parse": {"program": "xtb", "namespace": f"s{k}"},
+            }
+        )
+    commands.append(
+        {
+            "args": ["/bin/true"],
+            "stdout": "s2.out",
+            "stderr": "s2.err",
+            "parse": {"program": "xtb", "namespace": "s2"},
+        }
+    )
+    run_commands_task({"commands": commands, "environment": {"OMP_NUM_THREADS": 1}, "processes": 2}, tmp_path)
+    with (tmp_path / "results.jsonl").open("a") as f:
+        f.write('{"index": 3, "status": "walltime"}\n{"index": 3, "status": "o')  # started, killed mid-write
+    records = read_driver_results(tmp_path / "results.jsonl")
+    assert sorted(records) == [0, 1, 2, 3] and records[3]["status"] == common.WALLTIME
+    first = common.result_from_record("xtb", records[0])
+    assert first.ok and first.forces.shape == (4, 3) and first.numbers.tolist() == [7, 1, 1, 1]
+    assert records[2]["status"] == common.MISSING_OUTPUT
+    assert read_driver_results(tmp_path / "absent.jsonl") is None

@@ -283,3 +283,22 @@ def test_committee_model_node_and_committee_size_setting(runner_code, dataset, t
     _process(
         TrainCalculation, code=runner_code, dataset=dataset, parent_model=node
     )  # member-wise fine-tuning
+
+
+@pytest.mark.slow
+def test_train_a_committee_end_to_end(runner_code):
+    water_methane = morse_molecules([[8, 1, 1], [6, 1, 1, 1, 1]], 20, seed=4)
+    dataset = PESDataset.from_arrays(water_methane, level_of_theory="morse").store()
+    settings = {"model": TINY, "training": {**FAST, "max_epochs": 2}, "committee_size": 2}
+    results, node = run_get_node(
+        TrainCalculation, code=runner_code, dataset=dataset, settings=orm.Dict(settings)
+    )
+    assert node.is_finished_ok, node.exit_message
+    assert results["model"].committee_size == 2
+    committee = results["result"]["committee"]
+    assert committee["size"] == 2 and committee["test"]["energy_std_mean"] > 0
+    tested, node2 = run_get_node(
+        ModelTestCalculation, code=runner_code, model=results["model"], dataset=dataset
+    )
+    assert node2.is_finished_ok, node2.exit_message
+    assert tested["metrics"]["energy"]["n"] == 20

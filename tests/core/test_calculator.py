@@ -153,23 +153,36 @@ def test_numpy_engine_overflow_falls_back_to_torch():
     np.testing.assert_array_equal(f_numpy, f_torch)
 
 
-def test_thread_chooser_prefers_faster_and_probes_rarely():
-    from aiida_mlpes.core.calculator import ThreadChooser
+def test_thread_count_is_a_rule(monkeypatch):
+    from aiida_mlpes.core.threads import ATOMS_PER_THREAD, job_cores, threads_for
 
-    chooser = ThreadChooser(2, probe_every=4)
-    cost = {1: 1.0, 2: 3.0}  # two threads three times slower (a busy machine)
-    picks = []
-    for _ in range(200):
-        n = chooser.choose()
-        picks.append(n)
-        chooser.record(n, cost[n])
-    assert picks[:4] == [1, 1, 2, 2]  # each option timed twice first
-    share = picks[4:].count(2) / len(picks[4:])
-    assert 0 < share < 0.1  # re-probed, but rarely (about 1 in 4 x 3 calls)
-    cost = {1: 1.0, 2: 0.5}  # the machine became idle: two threads win after the next probes
-    for _ in range(200):
-        n = chooser.choose()
-        picks.append(n)
-        chooser.record(n, cost[n])
-    assert picks[-50:].count(2) > 40
-    assert ThreadChooser(1).options == [1]
+    assert threads_for(4, 8) == 1
+    assert threads_for(ATOMS_PER_THREAD - 1, 8) == 1
+    assert threads_for(2 * ATOMS_PER_THREAD, 8) == 2
+    assert threads_for(100 * ATOMS_PER_THREAD, 3) == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert job_cores() == 2  # OpenMP's own setting wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert job_cores() == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "many")
+    with pytest.raises(ValueError, match="SLURM_CPUS_PER_TASK"):
+        job_cores()
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert job_cores() >= 1
+
+    pot = MLPESCalculator(make_model()).as_potential([7, 1, 1, 1])
+    big = 10 * ATOMS_PER_THREAD // 4
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert pot.threads(big) == 1  # torch.set_num_threads means what it says
+        torch.set_num_threads(2)
+        assert pot.threads(big) == min(2, job_cores())
+        assert pot.threads(1) == 1
+    finally:
+        torch.set_num_threads(previous)
+    explicit = MLPESCalculator(make_model()).as_potential([7, 1, 1, 1], num_threads=3)
+    assert explicit.threads(big) == 3 and explicit.threads(1) == 1
+    with pytest.raises(ValueError, match="num_threads"):
+        MLPESCalculator(make_model()).as_potential([7, 1, 1, 1], num_threads=0)

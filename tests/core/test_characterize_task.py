@@ -243,7 +243,7 @@ def test_committee_candidates_through_the_mlpes_driver(water_dir):
 
 
 def test_finite_or_none():
-    from aiida_mlpes.core.characterize.task import finite_or_none
+    from aiida_mlpes.core.runner import finite_or_none
 
     value = {
         "a": float("nan"),

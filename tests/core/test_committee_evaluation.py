@@ -53,6 +53,8 @@ def test_calculator_and_potential_of_a_committee_file(tmp_path, members):
     np.testing.assert_allclose(atoms.get_forces(), forces[:, 0].mean(axis=0), atol=1e-9)
     assert calc.results["energy_std"] == pytest.approx(energies[:, 0].std(), abs=1e-9)
     np.testing.assert_allclose(calc.results["forces_std"], forces[:, 0].std(axis=0), atol=1e-9)
+    worst = np.linalg.norm(forces[:, 0].std(axis=0), axis=-1).max()
+    assert calc.results["forces_std_max"] == pytest.approx(worst, abs=1e-9)
     assert atoms.get_dipole_moment().shape == (3,)
 
     potential = calc.as_potential([8, 1, 1], return_std=True, chunk_size=2)  # chunks: 2 + 2 + 1
@@ -112,9 +114,13 @@ def test_predict_and_committee_predict_accept_committees(tmp_path, members):
         train_committee(data, np.arange(4), np.arange(4, 6), small_config(), quick(), tmp_path, n_models=1)
 
 
+#: A split whose test part is not empty for these 40 conformations (splits come from keyed hashes).
+SPLIT = {"fractions": [0.6, 0.2, 0.2], "seed": 0}
+
+
 @pytest.fixture
 def workdir(tmp_path):
-    data = morse_molecules(WATER_METHANE, 24, seed=5)
+    data = morse_molecules(WATER_METHANE, 40, seed=5)
     write_dataset(tmp_path / "dataset.h5", data, level_of_theory="morse")
     return tmp_path
 
@@ -125,8 +131,9 @@ def test_train_task_with_committee_size_through_the_runner(workdir):
     settings = {
         "dataset": "dataset.h5",
         "model": TINY,
-        "training": {**FAST, "max_epochs": 3},
+        "training": {**FAST, "max_epochs": 2},
         "committee_size": 3,
+        "split": SPLIT,
     }
     (workdir / "input.json").write_text(json.dumps(settings))
     subprocess.run([executable, "train", "input.json"], cwd=workdir, check=True, capture_output=True)
@@ -138,17 +145,34 @@ def test_train_task_with_committee_size_through_the_runner(workdir):
         assert set(result["metrics"][name]) >= {"energy", "forces"}
     model = load_model(workdir / "model.pt")
     assert isinstance(model, Committee) and model.size == 3
-    tested = run_test_task({"dataset": "dataset.h5", "model": "model.pt", "subset": "test"}, workdir)
+
+
+def test_train_task_fine_tunes_a_committee_file_and_rejects_bad_sizes(workdir):
+    from aiida_mlpes.core.models import ModelConfig
+
+    config = ModelConfig(elements=[1, 6, 8], **TINY)
+    save_model(Committee.from_config(config, 2, seed=3), workdir / "parent.pt")
+    settings = {
+        "dataset": "dataset.h5",
+        "training": {**FAST, "max_epochs": 1},
+        "parent_model": "parent.pt",
+        "split": SPLIT,
+    }
+    result = run_train_task(settings, workdir)  # committee_size left out: the parent's 2 members
+    assert result["committee"]["size"] == 2 and load_model(workdir / "model.pt").size == 2
+    tested = run_test_task(
+        {"dataset": "dataset.h5", "model": "model.pt", "subset": "test", "split": SPLIT}, workdir
+    )
     assert tested["metrics"]["energy"]["n"] == result["n_conformations"]["test"]
-    # fine-tuning the committee file member-wise; a single-model parent with K > 1 is an error
-    tune = {**settings, "parent_model": "model.pt", "committee_size": None, "model": None}
-    assert run_train_task(tune, workdir)["committee"]["size"] == 3
+    assert "predictions.csv" in tested["files"]
+    with pytest.raises(TaskError, match="committee_size 1 but the parent model is a committee of 2"):
+        run_train_task({**settings, "committee_size": 1}, workdir)
     with pytest.raises(TaskError, match="committee_size must be an integer >= 1"):
         run_train_task({**settings, "committee_size": 0}, workdir)
     torch.manual_seed(0)
-    save_model(model.member(0), workdir / "single.pt")
+    save_model(Committee.from_config(config, 2).member(0), workdir / "single.pt")
     with pytest.raises(TaskError, match="zero spread"):
-        run_train_task({**settings, "parent_model": "single.pt", "model": None}, workdir)
+        run_train_task({**settings, "parent_model": "single.pt", "committee_size": 3}, workdir)
 
 
 def test_single_model_train_task_reports_no_committee(workdir):

@@ -9,6 +9,7 @@ import torch
 
 from aiida_mlpes.core.models import ModelConfig, build_model, collate
 from aiida_mlpes.core.models.neighbors import all_pairs, radius_pairs
+from aiida_mlpes.core.models.pairs import PairGeometry
 from aiida_mlpes.core.ragged import RaggedArrays
 
 NH3 = np.array([[0.0, 0.0, 0.12], [0.94, 0.0, -0.27], [-0.47, 0.81, -0.27], [-0.47, -0.81, -0.27]])
@@ -183,23 +184,69 @@ def test_collate_selects_conformations():
     assert len(batch["idx_i"]) == 3 * 2 + 4 * 3
 
 
+#: every ModelConfig option that changes the computed function, each varied from the small model
+OPTION_SETS = [
+    {},
+    {"activation": "silu"},
+    {"activation": "shifted_softplus"},
+    {"predict_charges": False},
+    {"electrostatics": False},
+    {"charge_embedding": False},
+    {"short_range_cutoff": 3.0},
+    {"cutoff": 1.2},  # some pairs beyond the cutoff
+    {"n_blocks": 1, "n_rbf": 3},
+    {"n_residual_interaction": 1, "n_residual_atomic": 0, "n_residual_output": 2},
+    {"dispersion": True},
+]
+#: dense vs sparse layout: same function, different summation order (eV, eV/A, e, e*A; absolute)
+LAYOUT_TOLERANCE = {"float64": 1e-10, "float32": 5e-5}
+
+
+def nh3_batches(dtype: torch.dtype, b: int = 3) -> tuple[dict, dict]:
+    """b NH3 geometries (one molecule: dense layout) and the same plus a water (mixed: sparse layout)."""
+    rng = np.random.default_rng(11)
+    n_atoms = [4] * b + [3]
+    numbers = [7, 1, 1, 1] * b + [8, 1, 1]
+    positions = np.concatenate([NH3 + rng.normal(0, 0.08, (4, 3)) for _ in range(b)] + [NH3[:3]])
+    mixed = RaggedArrays(n_atoms, numbers, positions, charge=np.array([*[0.0, 1.0, -1.0, 0.0][:b], 0.0]))
+    return collate(mixed, np.arange(b), dtype=dtype), collate(mixed, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: ",".join(o) or "defaults")
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("charges", [True, False])
-def test_fast_path_equals_autograd(arch, charges):
-    model = small_model(arch, predict_charges=charges)
-    batch = collate(molecules(np.random.default_rng(10)), dtype=torch.float64, pairs=True)
-    fast = model(batch)
-    model.use_fast_path = False
-    slow = model(batch)
-    assert set(fast) == set(slow)
-    for key in slow:
-        np.testing.assert_allclose(fast[key], slow[key], rtol=0, atol=1e-11, err_msg=key)
+def test_dense_and_sparse_layouts_agree(arch, options, dtype):
+    """One molecule batched (dense (B, n, n) layout) gives what the flat pair list gives (sparse layout):
+    energies, forces, charges, dipoles, and the parameter gradients of a force loss (double backward)."""
+    model = small_model(arch, dtype=dtype, **options)
+    torch_dtype = model.dtype
+    dense_batch, sparse_batch = nh3_batches(torch_dtype)
+    geometry = PairGeometry(dense_batch["positions"], dense_batch["batch"], dense_batch["n_atoms"], 5.0, 64)
+    assert geometry.dense
+    assert not PairGeometry(
+        sparse_batch["positions"], sparse_batch["batch"], sparse_batch["n_atoms"], 5.0, 64
+    ).dense
+    tol = LAYOUT_TOLERANCE[dtype]
+    dense, sparse = model(dense_batch), model(sparse_batch)
+    n = len(dense_batch["positions"])
+    assert set(dense) == set(sparse)
+    for key in dense:
+        cut = n if key in ("forces", "atomic_charges") else len(dense_batch["n_atoms"])
+        np.testing.assert_allclose(
+            dense[key].numpy(), sparse[key][:cut].numpy(), rtol=0, atol=tol, err_msg=key
+        )
     with torch.no_grad():
-        energy_only = model(batch, compute_forces=False)
-        model.use_fast_path = True
-        fast_energy_only = model(batch, compute_forces=False)
-    assert "forces" not in fast_energy_only
-    np.testing.assert_allclose(fast_energy_only["energy"], energy_only["energy"], rtol=0, atol=1e-11)
+        energies = model(dense_batch, compute_forces=False)["energy"]
+    np.testing.assert_allclose(energies.numpy(), dense["energy"].numpy(), rtol=0, atol=1e-12)
+    if dtype == "float64":
+        grads = []
+        for batch, cut in ((dense_batch, n), (sparse_batch, n)):
+            model.zero_grad()
+            forces = model(batch, create_graph=True)["forces"][:cut]
+            (forces * forces).sum().backward()
+            grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
 def test_d3_dispersion_optional():

@@ -70,6 +70,37 @@ def test_bias_is_the_sum_of_deposited_gaussians_and_forces_are_its_gradient():
     assert np.allclose(calc.get_forces(probe), _numerical_forces(calc, probe), atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "specs",
+    [
+        [[0, 1], [0, 2], [1, 2]],  # plain bonds: the values are the distances
+        [[0, 1], ["reactive", 0, 1, 1, 2], [2, 0]],  # a shared pair and a reversed one
+    ],
+)
+def test_distance_cv_bias_forces_are_its_gradient(specs):
+    """Distance CVs take the CV set's pullback (no dense Jacobian); walls on a CV the bias does not use."""
+    atoms = _ethanol()
+    cvs = [parse_cv(s) for s in specs]
+    walls = parse_walls([{"cv": 0, "upper": 1.0}, {"cv": [0, 3], "lower": 2.5, "force_constant": 3.0}], cvs)
+    bias = MetadynamicsBias(cvs, height=0.1, widths=[0.1, 0.2, 0.15], walls=walls)
+    rng = np.random.default_rng(4)
+    for _ in range(7):
+        bias.deposit(atoms.positions + rng.normal(0, 0.04, atoms.positions.shape))
+    calc = MetadynamicsCalculator(Einstein(atoms.positions, k=0.5), bias)
+    probe = atoms.copy()
+    probe.positions += rng.normal(0, 0.03, probe.positions.shape)
+    s = np.array([cv.value(probe.positions) for cv in cvs])
+    gaussians = 0.1 * np.exp(-0.5 * (((s - bias.centers) / [0.1, 0.2, 0.15]) ** 2).sum(axis=1)).sum()
+    energy, gradient = bias.gaussians(s)
+    assert np.isclose(energy, gaussians, rtol=1e-12)
+    step = 1e-6 * np.eye(3)
+    numeric = [(bias.gaussians(s + h)[0] - bias.gaussians(s - h)[0]) / 2e-6 for h in step]
+    assert np.allclose(gradient, numeric, atol=1e-6)
+    calc.get_potential_energy(probe)
+    assert calc.results["bias_energy"] > gaussians  # a wall is active
+    assert np.allclose(calc.get_forces(probe), _numerical_forces(calc, probe), atol=1e-6)
+
+
 def _bond_lengths(result):
     pos = result.samples.positions.reshape(len(result), 2, 3)
     return np.linalg.norm(pos[:, 1] - pos[:, 0], axis=1)

@@ -134,49 +134,68 @@ def test_needs_samples_or_a_dataset(codes):
         run_get_node(builder)
 
 
-def planted_hole_builder(codes):
-    """H2 whose first committee saw only a sliver of bond lengths (NMS at 30 K): its members disagree where DMC
-    walkers go, so the first DMC must flag holes; labelling them teaches the committee that region."""
+#: A Morse H2 (eV, Angstrom; ASE's MorsePotential): a reference that labels in microseconds and that a small
+#: network can learn exactly, so the test is about the loop, not about the quality of a fit.
+MORSE_H2 = {"calculator": "morse", "epsilon": 4.7, "r0": 0.74, "rho0": 1.44}
+
+
+def planted_hole_builder(runner, ase_code):
+    """H2 whose first committee saw only a sliver of bond lengths (normal-mode samples at 20 K): where DMC walkers
+    go it extrapolates, so the first DMC must flag holes; labelling them teaches the committee that region."""
     overrides = {
         "settings": {
-            "max_iterations": 3,
+            "max_iterations": 4,
             "min_iterations": 1,
             "committee_size": 2,
-            "n_candidates": 6,
-            "max_holes_labelled": 12,
-            "validate_frequencies": False,
+            "n_candidates": 10,
+            "max_holes_labelled": 30,
+            "fine_tune_learning_rate_factor": 0.5,
+            "fine_tune_epoch_factor": 1.0,
         },
-        "sample": {"parameters": {"n_samples": 10, "temperature": 30.0, "optimize": True}, "seed": 3},
+        "sample": {
+            "driver": {
+                "name": "morse",
+                "parameters": {k: v for k, v in MORSE_H2.items() if k != "calculator"},
+            },
+            "parameters": {"n_samples": 12, "temperature": 20.0, "optimize": True},
+            "seed": 3,
+        },
         "train": {
             "model": {"n_features": 16, "n_rbf": 16, "n_blocks": 1, "cutoff": 4.0, "predict_charges": False},
-            "training": {"max_epochs": 150, "batch_size": 8, "threads": 1, "early_stopping_patience": None},
+            "training": {"max_epochs": 300, "batch_size": 8, "threads": 1, "early_stopping_patience": None},
         },
         "characterize": {
             "tasks": {
-                "optimize": {"fmax": 0.005},
+                "optimize": {"fmax": 0.001},
                 "frequencies": {},
                 "dmc": {
-                    "nwalkers": 200,
-                    "nsteps": 300,
+                    "nwalkers": 300,
+                    "nsteps": 400,
                     "eqsteps": 100,
                     "seed": 0,
-                    "uncertainty_threshold": 0.1,
+                    "uncertainty_threshold": 0.05,
                 },
-                "explore": {"md_steps": 60},
+                "explore": {"md_steps": 100},
             }
         },
     }
-    return ConstructPESWorkChain.get_builder_from_protocol(
-        codes,
+    builder = ConstructPESWorkChain.get_builder_from_protocol(
+        {"reference": ase_code, "runner": runner},
         orm.StructureData(ase=Atoms("H2", positions=[(0, 0, 0), (0, 0, 0.74)])),
         protocol="fast",
         overrides=overrides,
     )
+    builder.reference.parameters = orm.Dict(MORSE_H2)
+    return builder
 
 
 @pytest.mark.slow
-def test_a_planted_hole_is_found_labelled_and_closed(codes, tmp_path):
-    results, node = run_get_node(planted_hole_builder(codes))
+def test_a_planted_hole_is_found_labelled_and_closed(codes, aiida_code_installed):
+    runner = codes["runner"]
+    ase_code = aiida_code_installed(
+        filepath_executable=runner.filepath_executable, default_calc_job_plugin="mlpes.ase"
+    )
+    results, node = run_get_node(planted_hole_builder(runner, ase_code))
     assert node.exit_status in (0, 410), node.exit_message
     history = results["history"]["iterations"]
     assert history[0]["holes"]["found"] > 0 and history[0]["holes"]["labelled"] > 0
@@ -197,7 +216,7 @@ def test_a_planted_hole_is_found_labelled_and_closed(codes, tmp_path):
         .append(
             orm.CalcJobNode,
             with_descendants="model",
-            filters={"attributes.process_label": "XtbCalculation"},
+            filters={"attributes.process_label": "AseCalculation"},
             project="id",
         )
         .all(flat=True)
@@ -205,7 +224,7 @@ def test_a_planted_hole_is_found_labelled_and_closed(codes, tmp_path):
     before = {
         n.pk
         for n in node.called_descendants
-        if n.process_label == "XtbCalculation" and n.ctime < trainings[-1].ctime
+        if n.process_label == "AseCalculation" and n.ctime < trainings[-1].ctime
     }
     assert before and set(ancestors) == before
     assert history[-1]["model_uuid"] == model.uuid

@@ -82,7 +82,8 @@ def test_sampling_failure_keeps_the_initial_dataset(workchain):
     process.ctx.sample = finished("aiida.calculations:mlpes.sample", 300)
     exit_code = process.inspect_sampling()
     assert exit_code.status == 401
-    assert outputs(process) == {"dataset"}
+    assert outputs(process) == {"dataset", "history", "convergence_plot"}
+    assert process.outputs["history"]["iterations"] == []
 
 
 def test_training_failure_in_a_later_iteration_emits_the_last_model_and_the_history(workchain):
@@ -128,8 +129,22 @@ def test_a_worse_fine_tuned_committee_is_retrained_from_scratch(workchain):
     process = workchain()
     process.ctx.fine_tuned = True
     process.ctx.parent_test = {"energy": {"mae": 0.01}, "forces": {"mae": 0.1}}
-    worse = orm.Dict({"energy": {"mae": 0.02}, "forces": {"mae": 0.1}})
-    process.ctx.fixed_test = finished("aiida.calculations:mlpes.test", 0, metrics=worse)
+
+    def worse():  # 2x the parent and above the 0.01 eV tolerance
+        return orm.Dict({"energy": {"mae": 0.02}, "forces": {"mae": 0.1}})
+
+    process.ctx.fixed_test = finished("aiida.calculations:mlpes.test", 0, metrics=worse())
+    process.inspect_fixed_test()
+    assert process.should_retrain_from_scratch()
+    # worse, but still within the tolerance: kept
+    process.ctx.parent_test = {"energy": {"mae": 0.001}, "forces": {"mae": 0.1}}
+    process.ctx.fixed_test = finished(
+        "aiida.calculations:mlpes.test", 0, metrics=orm.Dict({"energy": {"mae": 0.005}})
+    )
+    process.inspect_fixed_test()
+    assert not process.should_retrain_from_scratch()
+    process.ctx.parent_test = {"energy": {"mae": 0.01}, "forces": {"mae": 0.1}}
+    process.ctx.fixed_test = finished("aiida.calculations:mlpes.test", 0, metrics=worse())
     process.inspect_fixed_test()
     assert process.should_retrain_from_scratch()
     # the retraining is done once: its result is kept even if it is no better
@@ -190,3 +205,10 @@ def _record(k: int) -> orm.Dict:
             "dmc": {"n_holes": 3, "zpe": 0.9, "zpe_error": 0.01},
         }
     ).store()
+
+
+def test_initial_labelling_failure_keeps_the_initial_dataset(workchain):
+    process = workchain()
+    process.ctx.initial_labels = finished("aiida.workflows:mlpes.reference", 402)
+    assert process.add_initial().status == 402
+    assert outputs(process) == {"dataset", "history", "convergence_plot"}

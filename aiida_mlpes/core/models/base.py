@@ -10,7 +10,7 @@ Energy = energy_scale * (sum_i E_i) + E_coulomb + E_dispersion + sum_i E_ref(Z_i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,8 +19,8 @@ from ase.data import chemical_symbols
 from torch import nn
 
 from .config import ModelConfig
-from .layers import polynomial_cutoff
-from .neighbors import all_pairs, build_pairs
+from .layers import lookup, polynomial_cutoff, times_features
+from .pairs import PairGeometry
 
 if TYPE_CHECKING:
     from .dispersion import D3Dispersion
@@ -67,58 +67,15 @@ class AtomisticModel(nn.Module):
             setattr(self, name, value.to(device=getattr(self, name).device, dtype=torch.float64))
         return self
 
-    #: Use the architecture's hand-written reverse pass (if any) for forces without ``create_graph``.
-    use_fast_path: bool = True
-
-    #: Largest batch (atoms) for the hand-written pass; None: any size.
-    fast_max_atoms: int | None = None
-
-    def fast_function(self) -> Callable[..., dict[str, torch.Tensor]] | None:
-        """The architecture's hand-written energy/forces function (``fast.py``), or None."""
-        return None
-
-    def fast_energy_forces(
-        self,
-        batch: dict[str, torch.Tensor],
-        species: torch.Tensor,
-        positions: torch.Tensor,
-        charge: torch.Tensor,
-        forces: bool = True,
-    ) -> dict[str, torch.Tensor] | None:
-        """Energies (and forces) without autograd, or None when no such path applies.
-
-        Used for prediction (forces without ``create_graph``, or energies with gradients disabled) when
-        the architecture has a hand-written pass, there is no dispersion term, and the batch's pair list
-        is (or can be) all intramolecular pairs."""
-        function = self.fast_function()
-        if function is None or self.dispersion is not None:
-            return None
-        if self.fast_max_atoms is not None and len(species) > self.fast_max_atoms:
-            return None
-        n_atoms = batch["n_atoms"]
-        idx_i, idx_j = batch.get("idx_i"), batch.get("idx_j")
-        if idx_i is None or idx_j is None:
-            if len(n_atoms) and int(n_atoms.max()) > self.config.all_pairs_max_atoms:
-                return None
-            idx_i, idx_j = all_pairs(n_atoms)
-        return function(
-            self, species, positions, idx_i, idx_j, batch["batch"], n_atoms, charge, forces=forces
-        )
-
     # -- to implement -------------------------------------------------------------------------------
     def atomic_outputs(
-        self,
-        species: torch.Tensor,
-        vectors: torch.Tensor,
-        distances: torch.Tensor,
-        idx_i: torch.Tensor,
-        idx_j: torch.Tensor,
-        atom_charge: torch.Tensor,
+        self, species: torch.Tensor, pairs: PairGeometry, atom_charge: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-atom energies (N,) in units of ``energy_scale`` and raw charges (N,) in e (or None).
 
-        ``species`` are indices into ``config.elements``; ``vectors`` (P, 3) = r_j - r_i and ``distances`` (P,)
-        in Angstrom; ``atom_charge`` (N,) is the total charge of each atom's molecule (e).
+        ``species`` are indices into ``config.elements``; ``pairs`` holds the pair vectors r_j - r_i and
+        distances (Angstrom) in the batch's layout (:mod:`.pairs`); ``atom_charge`` (N,) is the total charge
+        of each atom's molecule (e).
         """
         raise NotImplementedError
 
@@ -165,8 +122,10 @@ class AtomisticModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Energies (B,) eV float64, forces (sum n, 3) eV/A, atomic_charges (sum n,) e, dipole (B, 3) e*A.
 
-        ``batch`` is a :func:`collate` dict; optional ``idx_i``/``idx_j`` give a precomputed pair list (all
-        intramolecular ordered pairs, or at least all within the cutoff; the Coulomb term uses it too).
+        ``batch`` is a :func:`collate` dict (each molecule's atoms contiguous, molecules in order). A batch of
+        one molecule size (at most ``all_pairs_max_atoms``) runs in the dense pair layout (:mod:`.pairs`);
+        otherwise optional ``idx_i``/``idx_j`` give a precomputed pair list (all intramolecular ordered
+        pairs, or at least all within the cutoff; the Coulomb term uses it too).
         """
         positions = batch["positions"]
         if positions.dtype != self.dtype:
@@ -180,55 +139,34 @@ class AtomisticModel(nn.Module):
             charge = positions.new_zeros(n_mol)
         charge = charge.to(positions.dtype)
 
-        inference = not compute_forces and not torch.is_grad_enabled()
-        if (
-            self.use_fast_path
-            and not positions.requires_grad
-            and (inference or (compute_forces and not create_graph))
-        ):
-            fast = self.fast_energy_forces(batch, species, positions, charge, compute_forces)
-            if fast is not None:
-                return fast
-
         with torch.enable_grad() if compute_forces else contextlib.nullcontext():
             if compute_forces and not positions.requires_grad:
                 positions = positions.detach().requires_grad_(True)
-            idx_i = batch.get("idx_i")
-            idx_j = batch.get("idx_j")
-            all_pair_list = False
-            if idx_i is None or idx_j is None:
-                max_atoms = int(n_atoms.max()) if n_mol else 0
-                all_pair_list = max_atoms <= self.config.all_pairs_max_atoms
-                idx_i, idx_j = build_pairs(
-                    positions, batch_index, n_atoms, self.config.cutoff, self.config.all_pairs_max_atoms
-                )
-            else:
-                all_pair_list = True  # a supplied list serves the Coulomb term too
-            vectors = positions[idx_j] - positions[idx_i]
-            distances = torch.linalg.vector_norm(vectors, dim=-1)
-            atom_charge = charge[batch_index]
-            energy_atomic, raw_charges = self.atomic_outputs(
-                species, vectors, distances, idx_i, idx_j, atom_charge
+            pairs = PairGeometry(
+                positions,
+                batch_index,
+                n_atoms,
+                self.config.cutoff,
+                self.config.all_pairs_max_atoms,
+                batch.get("idx_i"),
+                batch.get("idx_j"),
             )
+            energy_atomic, raw_charges = self.atomic_outputs(species, pairs, pairs.per_atom(charge))
             scale = self.energy_scale.to(energy_atomic.dtype)
-            energy = energy_atomic.new_zeros(n_mol).index_add_(0, batch_index, energy_atomic) * scale
+            energy = pairs.per_molecule(energy_atomic)
+            # a committee stack (committee.py) has one scale per member and member-blocked molecules
+            if scale.dim() == 0:
+                energy = energy * scale
+            else:
+                energy = times_features(energy.unsqueeze(1), scale.unsqueeze(1)).squeeze(1)
             out: dict[str, torch.Tensor] = {}
             if raw_charges is not None:
-                total_raw = raw_charges.new_zeros(n_mol).index_add_(0, batch_index, raw_charges)
-                excess = (total_raw - charge) / n_atoms.to(raw_charges.dtype)
-                charges = raw_charges - excess[batch_index]
+                excess = (pairs.per_molecule(raw_charges) - charge) / n_atoms.to(raw_charges.dtype)
+                charges = raw_charges - pairs.per_atom(excess)
                 out["atomic_charges"] = charges
-                dipole = positions.new_zeros(n_mol, 3).index_add_(
-                    0, batch_index, charges.unsqueeze(1) * positions
-                )
-                out["dipole"] = dipole
+                out["dipole"] = pairs.per_molecule(charges.unsqueeze(1) * positions)
                 if self.config.electrostatics:
-                    if all_pair_list:
-                        ci, cj, cd = idx_i, idx_j, distances
-                    else:
-                        ci, cj = all_pairs(n_atoms)
-                        cd = torch.linalg.vector_norm(positions[cj] - positions[ci], dim=-1)
-                    energy = energy + self.coulomb(charges, ci, cj, cd, batch_index, n_mol)
+                    energy = energy + self.coulomb(charges, *pairs.coulomb_pairs(positions, n_atoms))
             if self.dispersion is not None:
                 energy = energy + self.dispersion(species, positions, batch_index, n_atoms)
             if compute_forces:
@@ -236,23 +174,13 @@ class AtomisticModel(nn.Module):
                     energy.sum(), positions, create_graph=create_graph, retain_graph=create_graph
                 )
                 out["forces"] = -grad
-        reference = positions.new_zeros(n_mol, dtype=torch.float64).index_add_(
-            0, batch_index, self.element_energies[species]
-        )
+        reference = pairs.per_molecule(lookup(self.element_energies, species, 1))
         out["energy"] = energy.to(torch.float64) + reference
         if compute_forces and not create_graph:
             out = {k: v.detach() for k, v in out.items()}
         return out
 
-    def coulomb(
-        self,
-        charges: torch.Tensor,
-        idx_i: torch.Tensor,
-        idx_j: torch.Tensor,
-        distances: torch.Tensor,
-        batch_index: torch.Tensor,
-        n_mol: int,
-    ) -> torch.Tensor:
+    def coulomb(self, charges: torch.Tensor, pairs: PairGeometry, distances: torch.Tensor) -> torch.Tensor:
         """Shielded Coulomb energy per molecule (eV), PhysNet eq. 13, over all ordered pairs (halved).
 
         chi(r) = phi(2r)/sqrt(r^2 + 1) + (1 - phi(2r))/r: shielded at short range, 1/r beyond ``r_sr / 2``.
@@ -260,5 +188,5 @@ class AtomisticModel(nn.Module):
         r_sr = self.config.short_range_cutoff or self.config.cutoff
         switch = polynomial_cutoff(distances, 0.5 * r_sr)
         chi = switch * torch.rsqrt(distances * distances + 1.0) + (1.0 - switch) / distances
-        pair_energy = (0.5 * COULOMB_EV_ANGSTROM) * charges[idx_i] * charges[idx_j] * chi
-        return charges.new_zeros(n_mol).index_add_(0, batch_index[idx_i], pair_energy)
+        pair_energy = (0.5 * COULOMB_EV_ANGSTROM) * pairs.gather_i(charges) * pairs.gather_j(charges) * chi
+        return pairs.pair_energy_per_molecule(pair_energy)

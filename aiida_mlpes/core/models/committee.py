@@ -1,11 +1,13 @@
 """A committee of K models of one :class:`ModelConfig`, evaluated as ONE batched computation.
 
-The members' parameters are stacked along a leading committee dimension (K, ...) and the regular
-:meth:`AtomisticModel.forward` of the single architecture definition runs once for all members through
-``torch.func.vmap`` + ``functional_call``. On CPU a Linear layer with stacked weights becomes one batched
-matmul (a grouped GEMM) instead of K small ones, and every other operation is issued once instead of K
-times. Forces of all members come from one backward pass: each member sees its own copy of the positions,
-a (K, N, 3) leaf, so the gradient of the summed energies holds every member's forces.
+The members' parameters are stacked along a leading committee dimension (K, ...) in one model of the single
+architecture definition (``stack``). The committee replicates the batch K times, member-blocked (member k's
+atoms, pairs and molecules in block k, each member with its own copy of the positions), and runs the regular
+:meth:`AtomisticModel.forward` of ``stack`` ONCE: every Dense layer is one batched matmul (a grouped GEMM,
+``torch.baddbmm``), lookups and feature products are offset per block (``layers.py``), and every other
+operation is issued once instead of K times. Forces of all members come from one backward pass (the gradient
+of the summed energies with respect to the K position copies). A ``torch.func.vmap`` strategy over
+``functional_call`` gives the same numbers; ``benchmarks/committee.py`` compares the two.
 
 Outputs have a leading member dimension: ``energy`` (K, B) eV float64, ``forces`` (K, N, 3) eV/Angstrom,
 ``atomic_charges`` (K, N) e and ``dipole`` (K, B, 3) e*Angstrom. :func:`committee_statistics` turns them into
@@ -61,7 +63,6 @@ class Committee(nn.Module):
         self.config: ModelConfig = stack.config
         # ``stack`` is a model whose parameters and member buffers have a leading (K,) dimension; its own
         # forward is only ever called through functional_call with one member's slices (inside vmap)
-        stack.use_fast_path = False
         self.stack = stack
 
     # -- construction -------------------------------------------------------------------------------------
@@ -182,6 +183,11 @@ class Committee(nn.Module):
         buffers: dict[str, torch.Tensor] = {name: getattr(self.stack, name) for name in MEMBER_BUFFERS}
         return params, buffers
 
+    #: ``"grouped"`` (default): ONE forward of the stacked model over member-blocked rows, so every layer is
+    #: one batched matmul or one offset lookup (see layers.py); ``"vmap"``: ``torch.func.vmap`` over
+    #: ``functional_call`` of the members (same results; kept for comparison in benchmarks/committee.py).
+    strategy: str = "grouped"
+
     def forward(
         self, batch: dict[str, torch.Tensor], compute_forces: bool = True, create_graph: bool = False
     ) -> dict[str, torch.Tensor]:
@@ -199,6 +205,43 @@ class Committee(nn.Module):
         if not per_member:
             positions = positions.unsqueeze(0).expand(k, *positions.shape)
         n_atoms = batch["n_atoms"]
+        if ("idx_i" not in batch or "idx_j" not in batch) and (
+            len(n_atoms) and int(n_atoms.max()) > self.config.all_pairs_max_atoms
+        ):
+            return self._member_loop(batch, positions, compute_forces, create_graph)
+        if self.strategy == "vmap":
+            return self._vmap(batch, positions, compute_forces, create_graph)
+        n, b = positions.shape[1], len(n_atoms)
+        idx_i, idx_j = batch.get("idx_i"), batch.get("idx_j")
+        if idx_i is None or idx_j is None:
+            idx_i, idx_j = all_pairs(n_atoms)
+        device = n_atoms.device
+        atom_offset = (torch.arange(k, device=device) * n).unsqueeze(1)
+        rows = {
+            "atomic_numbers": batch["atomic_numbers"].repeat(k),
+            "positions": positions.reshape(k * n, 3),
+            "batch": (
+                batch["batch"].unsqueeze(0) + (torch.arange(k, device=device) * b).unsqueeze(1)
+            ).reshape(-1),
+            "n_atoms": n_atoms.repeat(k),
+            "idx_i": (idx_i.unsqueeze(0) + atom_offset).reshape(-1),
+            "idx_j": (idx_j.unsqueeze(0) + atom_offset).reshape(-1),
+        }
+        charge = batch.get("charge")
+        if charge is not None:
+            rows["charge"] = charge.reshape(-1) if per_member and charge.dim() == 2 else charge.repeat(k)
+        out = self.stack(rows, compute_forces=compute_forces, create_graph=create_graph)
+        return {key: value.reshape(k, -1, *value.shape[1:]) for key, value in out.items()}
+
+    def _vmap(
+        self,
+        batch: dict[str, torch.Tensor],
+        positions: torch.Tensor,
+        compute_forces: bool,
+        create_graph: bool,
+    ) -> dict[str, torch.Tensor]:
+        """The ``"vmap"`` strategy: the members' slices of the stacked parameters through vmap."""
+        per_member = batch["positions"].dim() == 3
         shared = {key: value for key, value in batch.items() if key not in PER_MEMBER_KEYS}
         member = {
             key: batch[key]
@@ -206,9 +249,7 @@ class Committee(nn.Module):
             if key in batch and key != "positions" and per_member and batch[key].dim() > 0
         }
         if "idx_i" not in shared or "idx_j" not in shared:
-            if len(n_atoms) and int(n_atoms.max()) > self.config.all_pairs_max_atoms:
-                return self._member_loop(batch, positions, compute_forces, create_graph)
-            shared["idx_i"], shared["idx_j"] = all_pairs(n_atoms)
+            shared["idx_i"], shared["idx_j"] = all_pairs(batch["n_atoms"])
         self.species(batch["atomic_numbers"])  # unknown elements: a clear error before vmap
         params, buffers = self._member_inputs()
 
@@ -239,27 +280,32 @@ class Committee(nn.Module):
         compute_forces: bool,
         create_graph: bool,
     ) -> dict[str, torch.Tensor]:
-        """Fallback for large molecules (geometry-dependent neighbour lists): members one after another."""
+        """The members one after another on their slices of ``positions`` (K, N, 3), then one backward for
+        all members' forces; for molecules above ``all_pairs_max_atoms`` (geometry-dependent pair lists)."""
         params, buffers = self._member_inputs()
-        outs = []
-        for m in range(self.size):
-            inputs = {
-                key: (
-                    value[m] if key in PER_MEMBER_KEYS and value.dim() > 0 and positions.dim() == 3 else value
+        per_member = batch["positions"].dim() == 3
+        grad_context = torch.enable_grad() if compute_forces else contextlib.nullcontext()
+        with grad_context:
+            if compute_forces and not positions.requires_grad:
+                positions = positions.detach().clone().requires_grad_(True)
+            outs = []
+            for m in range(self.size):
+                inputs = {
+                    key: (value[m] if per_member and key in PER_MEMBER_KEYS and value.dim() > 0 else value)
+                    for key, value in batch.items()
+                }
+                inputs["positions"] = positions[m]
+                member = ({n: p[m] for n, p in params.items()}, {n: b[m] for n, b in buffers.items()})
+                outs.append(functional_call(self.stack, member, (inputs,), {"compute_forces": False}))
+            out = {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
+            if compute_forces:
+                (grad,) = torch.autograd.grad(
+                    out["energy"].sum(), positions, create_graph=create_graph, retain_graph=create_graph
                 )
-                for key, value in batch.items()
-            }
-            inputs["positions"] = positions[m]
-            member = ({n: p[m] for n, p in params.items()}, {n: b[m] for n, b in buffers.items()})
-            outs.append(
-                functional_call(
-                    self.stack,
-                    member,
-                    (inputs,),
-                    {"compute_forces": compute_forces, "create_graph": create_graph},
-                )
-            )
-        return {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
+                out["forces"] = -grad
+        if not create_graph:
+            out = {key: value.detach() for key, value in out.items()}
+        return out
 
 
 def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -281,6 +327,23 @@ def stack_batches(batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch
     for key in PER_MEMBER_KEYS:
         if key in first:
             out[key] = torch.stack([b[key] for b in batches])
+    return out
+
+
+def unstack_members(flat: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
+    """A committee batch from ONE collate dict of ``size`` member blocks (member k's conformations in block
+    k, every block with the same atoms, as :func:`member_orders` gives): the same as :func:`stack_batches`
+    of the blocks, without collating K times."""
+    n_mol = len(flat["n_atoms"]) // size
+    n = len(flat["atomic_numbers"]) // size
+    out = {
+        "atomic_numbers": flat["atomic_numbers"][:n],
+        "batch": flat["batch"][:n],
+        "n_atoms": flat["n_atoms"][:n_mol],
+    }
+    for key in PER_MEMBER_KEYS:
+        if key in flat:
+            out[key] = flat[key].reshape(size, -1, *flat[key].shape[1:])
     return out
 
 

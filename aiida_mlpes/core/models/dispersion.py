@@ -2,7 +2,7 @@
 
 Enabled by ``ModelConfig(dispersion=True, dispersion_functional="pbe")``; the package is not a
 dependency of aiida-mlpes (``pip install tad-dftd3``). Energies in eV, positions in Angstrom; tad-dftd3
-works in bohr and hartree inside. Forces come from autograd (the hand-written fast paths are skipped).
+works in bohr and hartree inside. Forces come from autograd (the numpy latency engine declines such models).
 """
 
 from __future__ import annotations

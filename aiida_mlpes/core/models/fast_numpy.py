@@ -1,14 +1,18 @@
 """PhysNet energies and forces in numpy for small batches of one fixed molecule (latency path).
 
-For a handful of atoms every tensor operation costs its fixed overhead, and numpy's is 2-3x lower than
-torch's on CPU (a (4, 128) x (128, 128) matmul: ~2.6 us against ~6.5 us). This module repeats the
-forward and hand-written reverse pass of ``fast.py`` with numpy arrays, for molecules of identical
-composition: every atom has the same number (n - 1) of pairs, stored consecutively, so sums over pairs
-are reshapes instead of scatters. Weights are copied (transposed, contiguous) from the model and copied
-again when a parameter changes through torch (its version counter moves, e.g. ``load_state_dict``, an
-optimizer step); writes through ``param.data`` bypass that counter: call :meth:`NumpyPhysNet.refresh`. Exponent overflow (pre-activations above ~88 in float32) raises
-:class:`FloatingPointError`; the caller then falls back to the torch path. Results equal the torch path to
-rounding (tests compare them in float64).
+The single model definition is ``physnet.py`` (PyTorch, autograd forces). For a handful of atoms every
+tensor operation costs its fixed overhead, and autograd adds a node per operation; numpy's per-operation
+cost is 2-3x lower than torch's on CPU. This module evaluates the same function with numpy arrays and a
+hand-written reverse pass, for molecules of identical composition: every atom has the same number (n - 1)
+of pairs, stored consecutively, so sums over pairs are reshapes instead of scatters. It is kept only
+because it is measured 3-4x faster than the PyTorch definition for one NH3 (energy+forces; see
+docs/models.md); ``tests/core/test_numpy_engine.py`` checks it against the definition for every
+``ModelConfig`` option it accepts, in float32 and float64.
+
+Weights are copied (transposed, contiguous) from the model and copied again when a parameter changes
+through torch (its version counter moves, e.g. ``load_state_dict``, an optimizer step); writes through
+``param.data`` bypass that counter: call :meth:`NumpyPhysNet.refresh`. Exponent overflow (pre-activations
+above ~88 in float32) raises :class:`FloatingPointError`; the caller then falls back to the torch model.
 """
 
 from __future__ import annotations

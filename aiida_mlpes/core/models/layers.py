@@ -1,6 +1,13 @@
 """Layers shared by PhysNet and PaiNN: activations, radial bases, cutoff functions, scatter sums.
 
 Distances are in Angstrom. All functions work on flat pair arrays (P,) built by ``neighbors.py``.
+
+Committees (``committee.py``): the same layers evaluate K members at once when their parameters carry a
+leading member dimension (a Dense weight (K, out, in), a feature vector (K, F), a table (K, E, F)). The
+rows of the inputs are then member-blocked, K equal blocks one after the other (member k's atoms or pairs
+in block k), and each block meets its own member's parameters: a Dense layer becomes one batched matmul
+(a grouped GEMM), lookups and feature products are offset per block. With single-model parameters every
+function is the plain operation.
 """
 
 from __future__ import annotations
@@ -8,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 LN2 = math.log(2.0)
@@ -67,8 +75,13 @@ class ExpNormalRBF(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         """(P,) distances -> (P, K) basis values, already multiplied by the cutoff function."""
-        diff = torch.exp(-r).unsqueeze(-1) - self.centers
-        return polynomial_cutoff(r, self.cutoff).unsqueeze(-1) * torch.exp(-self.widths * diff * diff)
+        if self.centers.dim() == 1:
+            diff = torch.exp(-r).unsqueeze(-1) - self.centers
+            return polynomial_cutoff(r, self.cutoff).unsqueeze(-1) * torch.exp(-self.widths * diff * diff)
+        members = self.centers.shape[0]  # committee: member-blocked pairs, (members, K) centres and widths
+        diff = torch.exp(-r).reshape(members, -1, 1) - self.centers.unsqueeze(1)
+        basis = torch.exp(-self.widths.unsqueeze(1) * diff * diff).reshape(*r.shape, -1)
+        return polynomial_cutoff(r, self.cutoff).unsqueeze(-1) * basis
 
 
 class SincRBF(nn.Module):
@@ -92,8 +105,33 @@ def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.T
     return out.index_add_(0, index, values)
 
 
+def times_features(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x * weight`` for a per-feature weight (F,); a committee weight (K, F) multiplies each member-blocked
+    block of rows of ``x`` (R, ..., F or 1) by its member's row."""
+    if weight.dim() == 1:
+        return x * weight
+    members = weight.shape[0]
+    blocks = x.reshape(members, -1, *x.shape[1:])
+    out = blocks * weight.reshape(members, 1, *([1] * (x.dim() - 2)), weight.shape[-1])
+    return out.reshape(x.shape[0], *out.shape[2:])
+
+
+def lookup(table: torch.Tensor, index: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``table.index_select(0, index)`` for a table of ``ndim`` dimensions (e.g. an element embedding);
+    a committee table (K, *table) is indexed block by block with member-blocked ``index``."""
+    if table.dim() == ndim:
+        return table.index_select(0, index)
+    members, rows = table.shape[0], table.shape[1]
+    offset = torch.arange(members, device=index.device) * rows
+    flat = table.reshape(members * rows, *table.shape[2:])
+    return flat.index_select(0, (index.reshape(members, -1) + offset.unsqueeze(1)).reshape(-1))
+
+
 class Dense(nn.Linear):
-    """Linear layer with Xavier-uniform weights and zero bias (PhysNet/PaiNN initialisation)."""
+    """Linear layer with Xavier-uniform weights and zero bias (PhysNet/PaiNN initialisation).
+
+    With a committee weight (K, out, in) the member-blocked rows of the input go through one batched matmul.
+    """
 
     def __init__(self, n_in: int, n_out: int, bias: bool = True, zero: bool = False) -> None:
         super().__init__(n_in, n_out, bias=bias)
@@ -103,6 +141,18 @@ class Dense(nn.Linear):
             nn.init.xavier_uniform_(self.weight)
         if bias:
             nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dim() == 2:
+            return F.linear(x, self.weight, self.bias)
+        members = self.weight.shape[0]
+        blocks = x.reshape(members, -1, x.shape[-1])
+        weight = self.weight.transpose(1, 2)
+        if self.bias is None:
+            out = torch.bmm(blocks, weight)
+        else:
+            out = torch.baddbmm(self.bias.unsqueeze(1), blocks, weight)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class Residual(nn.Module):
@@ -114,5 +164,7 @@ class Residual(nn.Module):
         self.dense1 = Dense(n_features, n_features)
         self.dense2 = Dense(n_features, n_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.dense2(self.act(self.dense1(self.act(x))))
+    def forward(self, x: torch.Tensor, activated: torch.Tensor | None = None) -> torch.Tensor:
+        """``activated``: act(x) if the caller has it already (saves one activation)."""
+        a = self.act(x) if activated is None else activated
+        return x + self.dense2(self.act(self.dense1(a)))

@@ -9,15 +9,13 @@ A two-layer head gives per-atom energies and charges from s.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from .base import AtomisticModel
 from .config import ModelConfig
-from .fast_painn import painn_energy_forces
-from .layers import Dense, SincRBF, cosine_cutoff, make_activation, scatter_sum
+from .layers import Dense, SincRBF, cosine_cutoff, lookup, make_activation, times_features
+from .pairs import PairGeometry
 
 
 class PaiNNBlock(nn.Module):
@@ -40,19 +38,18 @@ class PaiNNBlock(nn.Module):
         v: torch.Tensor,
         filters: torch.Tensor,
         unit: torch.Tensor,
-        idx_i: torch.Tensor,
-        idx_j: torch.Tensor,
+        pairs: PairGeometry,
         first: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """s (N, F), v (N, 3, F), filters (P, 3F), unit vectors (P, 3) -> updated (s, v)."""
-        f, n = self.n_features, len(s)
-        x = self.message2(self.act(self.message1(s))).index_select(0, idx_j) * filters
+        """s (N, F), v (N, 3, F), filters (pair shape, 3F), unit vectors (pair shape, 3) -> updated (s, v)."""
+        f = self.n_features
+        x = pairs.gather_j(self.message2(self.act(self.message1(s)))) * filters
         ds, dvv, dvs = x.split(f, dim=-1)
-        s = s + scatter_sum(ds, idx_i, n)
-        dv = dvs.unsqueeze(1) * unit.unsqueeze(2)
+        s = s + pairs.sum_j(ds)
+        dv = dvs.unsqueeze(-2) * unit.unsqueeze(-1)
         if not first:
-            dv = dv + v.index_select(0, idx_j) * dvv.unsqueeze(1)
-        v = v + scatter_sum(dv, idx_i, n)
+            dv = dv + pairs.gather_j(v) * dvv.unsqueeze(-2)
+        v = v + pairs.sum_j(dv)
         uv, vv = self.vector_mix(v).split(f, dim=-1)
         vnorm = torch.sqrt((vv * vv).sum(dim=1) + 1e-8)
         a = self.update2(self.act(self.update1(torch.cat([s, vnorm], dim=-1))))
@@ -80,32 +77,21 @@ class PaiNN(AtomisticModel):
         self.head2 = Dense(f, self.n_out)
         self.output_shift = nn.Parameter(torch.zeros(n_elements, self.n_out))
 
-    #: the hand-written pass wins on small batches only (~10% slower than autograd for 1000 NH3)
-    fast_max_atoms = 512
-
-    def fast_function(self) -> Callable[..., dict[str, torch.Tensor]]:
-        return painn_energy_forces
-
     def atomic_outputs(
-        self,
-        species: torch.Tensor,
-        vectors: torch.Tensor,
-        distances: torch.Tensor,
-        idx_i: torch.Tensor,
-        idx_j: torch.Tensor,
-        atom_charge: torch.Tensor,
+        self, species: torch.Tensor, pairs: PairGeometry, atom_charge: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         f = self.config.n_features
-        s = self.embedding.index_select(0, species)
+        s = lookup(self.embedding, species, 2)
         if self.charge_vector is not None:
-            s = s + atom_charge.unsqueeze(1) * self.charge_vector
+            s = s + times_features(atom_charge.unsqueeze(1), self.charge_vector)
         v = s.new_zeros(len(s), 3, f)
-        cut = cosine_cutoff(distances, self.config.cutoff).unsqueeze(1)
+        distances = pairs.distances
+        cut = cosine_cutoff(distances, self.config.cutoff).unsqueeze(-1)
         filters = (self.filters(self.rbf(distances)) * cut).split(3 * f, dim=-1)
-        unit = vectors / distances.unsqueeze(1)
+        unit = pairs.vectors / distances.unsqueeze(-1)
         for index, (block, block_filters) in enumerate(zip(self.blocks, filters, strict=True)):
-            s, v = block(s, v, block_filters, unit, idx_i, idx_j, index == 0)
-        out = self.head2(self.act(self.head1(s))) + self.output_shift.index_select(0, species)
+            s, v = block(s, v, block_filters, unit, pairs, index == 0)
+        out = self.head2(self.act(self.head1(s))) + lookup(self.output_shift, species, 2)
         if self.n_out == 2:
             return out[:, 0], out[:, 1]
         return out[:, 0], None

@@ -14,15 +14,14 @@ layer, its -ln 2 is absorbed in that layer's bias (same function class, fewer op
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from .base import AtomisticModel
 from .config import ModelConfig
-from .fast import physnet_energy_forces
-from .layers import Dense, ExpNormalRBF, Residual, make_activation, scatter_sum
+from .layers import Dense, ExpNormalRBF, Residual, lookup, make_activation, times_features
+from .pairs import PairGeometry
 
 
 class PhysNetModule(nn.Module):
@@ -53,21 +52,25 @@ class PhysNetModule(nn.Module):
         self.output = Dense(f, n_out, zero=True)
 
     def forward(
-        self, x: torch.Tensor, filters: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Atomic features (N, F) and pair filters (P, F) -> new features (N, F), outputs (N, n_out)."""
-        h = self.act(self.dense_ij(self.act(x))) + self.h_shift
+        self, x: torch.Tensor, activated: torch.Tensor, filters: torch.Tensor, pairs: PairGeometry
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Atomic features x (N, F), act(x), pair filters (pair shape, F) -> new features (N, F), their
+        activation (the next module's input; computed once), outputs (N, n_out)."""
+        h = self.act(self.dense_ij(activated)) + self.h_shift
         h_i, h_j = h.split(self.n_features, dim=-1)
-        m = h_i + scatter_sum(filters * h_j.index_select(0, idx_j), idx_i, len(x))
+        m = h_i + pairs.sum_j(filters * pairs.gather_j(h_j))
         for layer in self.residual_interaction:
             m = layer(m)
-        x = self.gate * x + self.dense_update(self.act(m))
+        x = times_features(x, self.gate) + self.dense_update(self.act(m))
         for layer in self.residual_atomic:
             x = layer(x)
-        y = x
+        x_activated = self.act(x)
+        y, y_activated = x, x_activated
         for layer in self.residual_output:
-            y = layer(y)
-        return x, self.output(self.act(y))
+            y, y_activated = layer(y, y_activated), None
+        if y_activated is None:
+            y_activated = self.act(y)
+        return x, x_activated, self.output(y_activated)
 
 
 class PhysNet(AtomisticModel):
@@ -84,26 +87,19 @@ class PhysNet(AtomisticModel):
         self.filters = Dense(k, config.n_blocks * f, bias=False)
         self.blocks = nn.ModuleList(PhysNetModule(config, self.n_out) for _ in range(config.n_blocks))
         self.output_shift = nn.Parameter(torch.zeros(n_elements, self.n_out))
-
-    def fast_function(self) -> Callable[..., dict[str, torch.Tensor]]:
-        return physnet_energy_forces
+        self.act = make_activation(config.activation, before_linear=True)
 
     def atomic_outputs(
-        self,
-        species: torch.Tensor,
-        vectors: torch.Tensor,
-        distances: torch.Tensor,
-        idx_i: torch.Tensor,
-        idx_j: torch.Tensor,
-        atom_charge: torch.Tensor,
+        self, species: torch.Tensor, pairs: PairGeometry, atom_charge: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x = self.embedding.index_select(0, species)
+        x = lookup(self.embedding, species, 2)
         if self.charge_vector is not None:
-            x = x + atom_charge.unsqueeze(1) * self.charge_vector
-        filters = self.filters(self.rbf(distances)).split(self.config.n_features, dim=-1)
-        total = self.output_shift.index_select(0, species)
+            x = x + times_features(atom_charge.unsqueeze(1), self.charge_vector)
+        filters = self.filters(self.rbf(pairs.distances)).split(self.config.n_features, dim=-1)
+        total = lookup(self.output_shift, species, 2)
+        activated = self.act(x)
         for block, block_filters in zip(self.blocks, filters, strict=True):
-            x, out = block(x, block_filters, idx_i, idx_j)
+            x, activated, out = block(x, activated, block_filters, pairs)
             total = total + out
         if self.n_out == 2:
             return total[:, 0], total[:, 1]

@@ -85,6 +85,39 @@ class ReferenceResult:
         return self
 
 
+#: Fields of a ReferenceResult kept in a JSON record (what the batch parsers use), and the array ones.
+RECORD_FIELDS = (
+    "status",
+    "message",
+    "version",
+    "energy",
+    "forces",
+    "dipole",
+    "atomic_charges",
+    "charge_scheme",
+)
+_RECORD_ARRAYS = {"forces", "dipole", "atomic_charges", "numbers", "positions"}
+
+
+def result_to_record(result: ReferenceResult) -> dict:
+    """A JSON-serialisable dict of ``result`` (floats round-trip exactly through JSON)."""
+    record: dict = {}
+    for name in (*RECORD_FIELDS, "numbers", "positions"):
+        value = getattr(result, name)
+        record[name] = np.asarray(value).tolist() if name in _RECORD_ARRAYS and value is not None else value
+    return record
+
+
+def result_from_record(program: str, record: dict) -> ReferenceResult:
+    """The ReferenceResult of a :func:`result_to_record` dict."""
+    result = ReferenceResult(program=program)
+    for name, value in record.items():
+        if name in _RECORD_ARRAYS and value is not None:
+            value = np.asarray(value, dtype=np.int64 if name == "numbers" else float)
+        setattr(result, name, value)
+    return result
+
+
 def energy_lower_bound(numbers: np.ndarray) -> float:
     """A loose lower bound (Hartree) for a molecule's total energy: -sum Z^3.
 

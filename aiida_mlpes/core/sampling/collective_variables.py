@@ -69,55 +69,114 @@ class CollectiveVariable:
 
 
 class CVSet:
-    """Several CVs evaluated together, vectorised by kind (one numpy pass per kind, not per CV)."""
+    """Several CVs evaluated together in a few numpy calls.
+
+    Distance CVs (bond, reactive) are linear combinations of pair distances: ``values = C @ d`` with
+    ``d = |D @ x|`` for an incidence matrix ``D`` (+1/-1 per pair), so all of them take one matrix product
+    for the pair vectors and one contraction for the gradients, whatever their number. Angles and dihedrals
+    are vectorised by kind.
+    """
 
     def __init__(self, cvs: Sequence[CollectiveVariable]) -> None:
         self.cvs = list(cvs)
         self.periodic = np.array([cv.periodic for cv in self.cvs], dtype=bool)
+        pairs: dict[tuple[int, int], int] = {}
+        combination: list[dict[int, float]] = []
+        distance_rows = []
         self.groups = []
-        for kind in N_ATOMS:
+        for k, cv in enumerate(self.cvs):
+            if cv.kind in ("bond", "reactive"):
+                terms = (
+                    [(cv.atoms, 1.0)] if cv.kind == "bond" else [(cv.atoms[:2], 1.0), (cv.atoms[2:], -1.0)]
+                )
+                row: dict[int, float] = {}
+                for (i, j), sign in terms:
+                    p = pairs.setdefault((i, j), len(pairs))
+                    row[p] = row.get(p, 0.0) + sign
+                combination.append(row)
+                distance_rows.append(k)
+        for kind in ("angle", "dihedral"):
             rows = [k for k, cv in enumerate(self.cvs) if cv.kind == kind]
             if rows:
                 atoms = np.array([self.cvs[k].atoms for k in rows], dtype=np.int64)
                 self.groups.append((kind, np.array(rows), atoms.T))
+        self.pairs = np.array(list(pairs), dtype=np.int64).reshape(-1, 2)
+        self.combination = np.zeros((len(combination), len(pairs)))
+        for k, row in enumerate(combination):
+            for p, c in row.items():
+                self.combination[k, p] = c
+        self.distance_rows = np.array(distance_rows, dtype=np.int64)
+        self._only_distances = len(distance_rows) == len(self.cvs)
+        # plain bonds, one pair each in order: the values are the distances themselves
+        self._plain_bonds = self._only_distances and np.array_equal(self.combination, np.eye(len(self.cvs)))
+        self._incidence: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._state: tuple[np.ndarray, np.ndarray, np.ndarray] | np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.cvs)
 
+    def forward(self, positions: np.ndarray) -> np.ndarray:
+        """Values (K,) at ``positions`` (N, 3), keeping what :meth:`pullback` needs."""
+        x = np.asarray(positions, dtype=float)
+        if not self._only_distances:
+            values, grads = self(x)
+            self._state = grads
+            return values
+        incidence, _ = self._matrices(len(x))
+        r = incidence @ x
+        d = np.sqrt(np.einsum("ij,ij->i", r, r))
+        self._state = (r, d, incidence)
+        return d if self._plain_bonds else self.combination @ d
+
+    def pullback(self, slope: np.ndarray) -> np.ndarray:
+        """sum_k slope_k dCV_k/dx (N, 3) at the positions of the last :meth:`forward`: the gradient of a
+        function of the CVs whose derivatives are ``slope`` (K,), without the (K, N, 3) Jacobian when all
+        CVs are distances."""
+        state = self._state
+        if state is None:
+            raise RuntimeError("CVSet.pullback needs a forward() first")
+        if isinstance(state, np.ndarray):
+            return (slope @ state.reshape(len(slope), -1)).reshape(state.shape[1:])
+        r, d, incidence = state
+        coefficients = slope if self._plain_bonds else self.combination.T @ slope
+        return incidence.T @ (r * (coefficients / np.maximum(d, 1e-12))[:, None])
+
+    def _matrices(self, n_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+        """Incidence matrix D (P, N) of the pairs and C D (K_distance, P, N), for systems of ``n_atoms``."""
+        if n_atoms not in self._incidence:
+            incidence = np.zeros((len(self.pairs), n_atoms))
+            rows = np.arange(len(self.pairs))
+            incidence[rows, self.pairs[:, 0]] = -1.0
+            incidence[rows, self.pairs[:, 1]] = 1.0
+            self._incidence[n_atoms] = (incidence, self.combination[:, :, None] * incidence[None])
+        return self._incidence[n_atoms]
+
     def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Values (K,) in Angstrom/degrees and gradients (K, N, 3) at ``positions`` (N, 3)."""
         x = np.asarray(positions, dtype=float)
+        if len(self.pairs):
+            incidence, weighted = self._matrices(len(x))
+            r = incidence @ x  # pair vectors r_j - r_i (P, 3)
+            d = np.sqrt(np.einsum("ij,ij->i", r, r))
+            unit = r / np.maximum(d, 1e-12)[:, None]
+            distance_values = self.combination @ d
+            distance_grads = np.einsum("kpn,pc->knc", weighted, unit)
+            if self._only_distances:
+                return distance_values, distance_grads
         values = np.empty(len(self.cvs))
         grads = np.zeros((len(self.cvs), len(x), 3))
+        if len(self.pairs):
+            values[self.distance_rows] = distance_values
+            grads[self.distance_rows] = distance_grads
         for kind, rows, idx in self.groups:
-            if kind == "bond":
-                values[rows], g = _bonds(x[idx[0]], x[idx[1]])
-                grads[rows, idx[0]] -= g
-                grads[rows, idx[1]] += g
-            elif kind == "reactive":
-                d1, g1 = _bonds(x[idx[0]], x[idx[1]])
-                d2, g2 = _bonds(x[idx[2]], x[idx[3]])
-                values[rows] = d1 - d2
-                grads[rows, idx[0]] -= g1
-                grads[rows, idx[1]] += g1
-                grads[rows, idx[2]] += g2
-                grads[rows, idx[3]] -= g2
-            else:
-                values[rows], g = (_angles if kind == "angle" else _dihedrals)(*(x[i] for i in idx))
-                for column, atom in enumerate(idx):
-                    grads[rows, atom] += g[column]
+            values[rows], g = (_angles if kind == "angle" else _dihedrals)(*(x[i] for i in idx))
+            for column, atom in enumerate(idx):
+                grads[rows, atom] += g[column]
         return values, grads
 
 
 def _norm(v: np.ndarray) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", v, v))
-
-
-def _bonds(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distances ``|b - a|`` (B,) and their gradient with respect to b (B, 3)."""
-    r = b - a
-    d = _norm(r)
-    return d, r / np.maximum(d, 1e-12)[:, None]
 
 
 def _angles(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

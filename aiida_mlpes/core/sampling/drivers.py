@@ -122,7 +122,8 @@ class MonitoredCalculator(Calculator):
             else:
                 self.atoms = atoms.copy()
         # ASE passes the Atoms on the first call; a missing one fails inside evaluate (DriverError) as before
-        self.results = self.evaluate(cast(Atoms, self.atoms), forces=True)
+        moved = system_changes == ["positions"]
+        self.results = self.evaluate(cast(Atoms, self.atoms), forces=True, moved=moved)
 
     def get_property(self, name: str, atoms: Atoms | None = None, allow_calculation: bool = True) -> Any:
         """As ASE's, without its copy of the Atoms at every call; always computes energy and forces."""
@@ -151,31 +152,43 @@ class MonitoredCalculator(Calculator):
         self.atoms = None
         self.results = {}
 
-    def evaluate(self, atoms: Atoms, forces: bool = True) -> dict[str, Any]:
+    def evaluate(self, atoms: Atoms, forces: bool = True, moved: bool = False) -> dict[str, Any]:
         """Driver results for ``atoms``: ``energy`` (eV), ``forces`` (eV/Angstrom) when asked or computed
-        anyway, and ``dipole``/``charges`` when the driver computed them."""
+        anyway, and ``dipole``/``charges`` when the driver computed them. ``moved``: the caller knows the
+        positions differ from the last evaluation (and nothing else does), which saves comparing them.
+
+        ``time`` counts the driver's own calls (``reset``, ``calculate``) only, not this bookkeeping."""
         driver = self.driver
-        start = time.perf_counter()
         try:
             last = getattr(driver, "atoms", None)
-            if self._fresh:
-                changes = list(all_changes)
-            elif (
-                last is not None and last is self._driver_atoms and _same(self._driver_numbers, atoms.numbers)
-            ):
+            ours = (
+                not self._fresh
+                and last is not None
+                and last is self._driver_atoms
+                and _same(self._driver_numbers, atoms.numbers)
+            )
+            if ours:
                 # nobody else used the driver since our last call: only positions can differ (compared with
                 # our own copy, in case the driver keeps a reference to the Atoms instead of a copy)
-                changes = [] if _same(self._driver_positions, atoms.positions) else ["positions"]
+                changes = ["positions"] if moved or not _same(self._driver_positions, atoms.positions) else []
             else:
-                changes = system_changes(last, atoms)
+                changes = list(all_changes) if self._fresh else system_changes(last, atoms)
             self._fresh = False
-            if changes:
-                driver.reset()
             properties = ["energy", "forces"] if forces else ["energy"]
-            if any(p not in driver.results for p in properties):
-                driver.calculate(atoms, properties, changes)
+            start = time.perf_counter()
+            try:
+                if changes:
+                    driver.reset()
+                    driver.calculate(atoms, properties, changes)
+                elif any(p not in driver.results for p in properties):
+                    driver.calculate(atoms, properties, changes)
+            finally:
+                self.time += time.perf_counter() - start
+                self.calls += 1
             self._driver_atoms = getattr(driver, "atoms", None)
-            self._driver_positions, self._driver_numbers = atoms.positions.copy(), atoms.numbers.copy()
+            self._driver_positions = atoms.positions.copy()
+            if not ours:
+                self._driver_numbers = atoms.numbers.copy()
             results = driver.results
             energy = float(results["energy"])
             out: dict[str, Any] = {"energy": energy, "free_energy": energy}
@@ -186,9 +199,6 @@ class MonitoredCalculator(Calculator):
                     out[key] = np.array(results[key], dtype=float)
         except Exception as exc:
             raise DriverError(f"{self.label}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self.time += time.perf_counter() - start
-            self.calls += 1
         if forces and "forces" not in out:
             raise DriverError(f"{self.label} returned no forces")
         _check_finite(self.label, out)
@@ -268,5 +278,5 @@ def system_changes(old: Atoms | None, new: Atoms) -> list[str]:
 def _check_finite(name: str, results: dict[str, Any]) -> None:
     if not math.isfinite(results["energy"]):
         raise DriverError(f"{name} returned a non-finite energy: {results['energy']}")
-    if "forces" in results and not math.isfinite(float(np.sum(results["forces"]))):
+    if "forces" in results and not math.isfinite(float(results["forces"].sum())):
         raise DriverError(f"{name} returned non-finite forces")

@@ -9,18 +9,18 @@ kinetic temperature to ``trajectory["temperature"]``. Units: K, fs, 1/fs, eV, An
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.constraints import FixCom
-from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
 from aiida_mlpes.core.sampling._common import Progress, as_systems, check_int, check_real, random_streams
 from aiida_mlpes.core.sampling.drivers import MonitoredCalculator
+from aiida_mlpes.core.sampling.langevin import LeanLangevin
 from aiida_mlpes.core.sampling.results import SampleCollector, SampleResult
 
 #: Largest friction * timestep for which ASE's Langevin propagator stays stable and accurate.
@@ -109,28 +109,27 @@ def high_friction_md(
     return _run_md("high_friction_md", systems, driver, settings, seed)
 
 
-def langevin_steps(
+def start_langevin(
     atoms: Atoms,
     rng: np.random.Generator,
     *,
     temperature: float,
     timestep: float,
     friction: float,
-    steps: int,
-) -> Iterator[int]:
-    """Propagate ``atoms`` (calculator attached) with ASE's Langevin; yield the step number after each step.
+) -> LeanLangevin:
+    """Langevin dynamics of ``atoms`` (calculator attached), ready to ``step()``.
 
     Velocities start from Maxwell-Boltzmann at ``temperature`` (K) with zero total momentum; the centre
-    of mass is held fixed (FixCom). ``timestep`` in fs, ``friction`` in 1/fs. The loop calls
-    ``Langevin.step`` directly (same propagation as ``Langevin.run``, without its per-step bookkeeping,
-    which costs as much as a fast driver call). The caller may change the potential between steps
-    (metadynamics deposits Gaussians): each step asks the calculator for the forces again.
+    of mass is held fixed (FixCom). ``timestep`` in fs, ``friction`` in 1/fs. The propagator is ASE's
+    Langevin with its step on plain arrays (:class:`~aiida_mlpes.core.sampling.langevin.LeanLangevin`:
+    the same trajectory without ASE's per-step Atoms bookkeeping); the samplers call ``step()`` directly
+    rather than ``run()``, whose per-step observers cost as much as a fast driver call.
     """
     if len(atoms) > 1:
         atoms.set_constraint([*atoms.constraints, FixCom()])
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
-    dyn = Langevin(
+    return LeanLangevin(
         atoms,
         timestep=timestep * units.fs,
         temperature_K=temperature,
@@ -138,10 +137,6 @@ def langevin_steps(
         fixcm=False,
         rng=rng,
     )
-    for step in range(1, steps + 1):
-        dyn.step()  # forces at the current positions (cached; fresh if the caller changed the potential)
-        dyn.nsteps += 1
-        yield step
 
 
 def _run_md(
@@ -176,35 +171,37 @@ def _md_one(
     dof = max(3 * len(atoms) - (3 if len(atoms) > 1 else 0), 1)
     numbers = atoms.numbers.copy()
     progress = Progress(f"{name} system {index}", equilibration + total)
-    collector.system, collector.step = index, 0
-    temperatures: list[float] = []
+    collector.system, collector.step = index, 1
     kinetic_factor = 1.0 / (dof * units.kB)  # 2 E_kin / (dof kB) with E_kin = p.p/(2m)
-    inverse_masses = 1.0 / atoms.get_masses()[:, None]
-    steps = langevin_steps(
-        atoms,
-        rng,
-        temperature=s["temperature"],
-        timestep=s["timestep"],
-        friction=s["friction"],
-        steps=equilibration + total,
-    )
+    # (N, 3), not (N, 1): broadcasting costs more than the arithmetic on arrays this small
+    inverse_masses = np.repeat(1.0 / atoms.get_masses()[:, None], 3, axis=1)
+    # per-step records go to the collector in one piece at the end (also when the driver fails)
+    energies, temperatures = np.empty(total), np.empty(total)
+    done = 0
+    arrays = atoms.arrays
+    step = 0
     try:
-        for step in steps:
-            collector.step = step + 1
+        dyn = start_langevin(
+            atoms, rng, temperature=s["temperature"], timestep=s["timestep"], friction=s["friction"]
+        )
+        for step in range(1, equilibration + total + 1):
+            dyn.step()
             progress.update()
             if step <= equilibration:
                 continue
-            results = monitor.results
-            momenta = atoms.arrays["momenta"]
-            kinetic = kinetic_factor * float(np.vdot(momenta, momenta * inverse_masses))
-            temperatures.append(kinetic)
-            collector.add_step(index, results["energy"], temperature=kinetic)
-            if (step - equilibration) % save_interval == 0:
-                time_fs = (step - equilibration) * s["timestep"]
-                collector.add_sample(index, numbers, atoms.positions, results, time_fs=time_fs)
+            momenta = arrays["momenta"]
+            temperatures[done] = kinetic_factor * float(np.vdot(momenta, momenta * inverse_masses))
+            energies[done] = monitor.results["energy"]
+            done += 1
+            if done % save_interval == 0:
+                collector.add_sample(
+                    index, numbers, arrays["positions"], monitor.results, time_fs=done * s["timestep"]
+                )
     finally:
+        collector.step = step  # where a failure happened (step s computes the driver's call s + 1)
         progress.close()
-        if temperatures:
-            collector.systems[index]["mean_temperature"] = float(np.mean(temperatures))
+        collector.add_steps(index, energies[:done], temperature=temperatures[:done])
+        if done:
+            collector.systems[index]["mean_temperature"] = float(np.mean(temperatures[:done]))
         collector.systems[index]["degrees_of_freedom"] = int(dof)
         atoms.calc = None

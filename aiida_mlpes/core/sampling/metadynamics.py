@@ -14,6 +14,7 @@ conformational sampler, not a converged free-energy estimate. Units: eV, Angstro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -31,7 +32,7 @@ from aiida_mlpes.core.sampling.collective_variables import (
     wrap,
 )
 from aiida_mlpes.core.sampling.drivers import MonitoredCalculator
-from aiida_mlpes.core.sampling.md import check_md_settings, langevin_steps
+from aiida_mlpes.core.sampling.md import check_md_settings, start_langevin
 from aiida_mlpes.core.sampling.results import SampleCollector, SampleResult
 
 #: Default wall force constant, eV per (CV unit)^2.
@@ -79,7 +80,8 @@ def parse_walls(specs: Sequence[Mapping[str, Any]] | None, cvs: Sequence[Collect
 
 class MetadynamicsBias:
     """The history-dependent bias of one run: Gaussians of ``height`` (eV) and ``widths`` (CV units) on
-    ``cvs``, plus ``walls``. All CVs (biased and walled) are evaluated in one vectorised pass."""
+    ``cvs``, plus ``walls``. All CVs (biased and walled) are evaluated in one pass of a :class:`CVSet`,
+    and the bias forces come from its pullback of dV/ds (no (K, N, 3) Jacobian for distance CVs)."""
 
     def __init__(
         self,
@@ -97,59 +99,95 @@ class MetadynamicsBias:
                 everything.append(wall.cv)
         self.cvset = CVSet(everything)
         self.n_bias = len(self.cvs)
+        self.n_all = len(everything)
         self.periodic = self.cvset.periodic[: self.n_bias]
-        self.wall_rows = np.array([everything.index(w.cv) for w in self.walls], dtype=np.int64)
-        self.wall_lower = np.array([-np.inf if w.lower is None else w.lower for w in self.walls])
-        self.wall_upper = np.array([np.inf if w.upper is None else w.upper for w in self.walls])
-        self.wall_k = np.array([w.force_constant for w in self.walls])
-        self._centers = np.zeros((64, self.n_bias))
+        self._any_periodic = bool(self.periodic.any())
+        # (row, lower, upper, k) per wall: a handful of scalars, cheaper in plain Python than in numpy
+        self._walls = [
+            (
+                everything.index(w.cv),
+                -math.inf if w.lower is None else w.lower,
+                math.inf if w.upper is None else w.upper,
+                w.force_constant,
+            )
+            for w in self.walls
+        ]
+        # The Gaussian sum works on "extended" rows (s, 1) - (s_a, 0): one product with the weights then
+        # gives sum_a g_a (s - s_a) and sum_a g_a together.
+        self._point = np.ones(self.n_bias + 1)
+        self._centers = np.zeros((64, self.n_bias + 1))
+        self._exponent = np.append(-0.5 / self.widths**2, 0.0)  # -|s - s_a|^2 / (2 w^2) = diff^2 @ this
+        self._force_factor = self.height / self.widths**2  # -dV/ds = h / w^2 * sum_a e_a (s - s_a)
         self.n_gaussians = 0
-        self._cache: tuple[bytes, np.ndarray, np.ndarray] | None = None
+        self._key = b""
+        self._values = np.zeros(0)
 
     @property
     def centers(self) -> np.ndarray:
         """(n_gaussians, Ncv) deposited centres."""
-        return self._centers[: self.n_gaussians]
+        return self._centers[: self.n_gaussians, : self.n_bias]
 
-    def _evaluate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _forward(self, positions: np.ndarray) -> np.ndarray:
+        """Values of all CVs (biased and walled) at ``positions``, evaluated once per set of positions."""
         key = np.ascontiguousarray(positions, dtype=float).tobytes()
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, *self.cvset(positions))
-        return self._cache[1], self._cache[2]
+        if key != self._key:
+            self._values = self.cvset.forward(positions)
+            self._key = key
+        return self._values
 
     def values(self, positions: np.ndarray) -> np.ndarray:
         """Values (Ncv,) of the biased CVs."""
-        return self._evaluate(positions)[0][: self.n_bias].copy()
+        return self._forward(positions)[: self.n_bias].copy()
 
     def deposit(self, positions: np.ndarray) -> np.ndarray:
         """Add a Gaussian at the current CV values; returns them."""
         s = self.values(positions)
         if self.n_gaussians == len(self._centers):
             self._centers = np.vstack([self._centers, np.zeros_like(self._centers)])
-        self._centers[self.n_gaussians] = s
+        self._centers[self.n_gaussians, : self.n_bias] = s
         self.n_gaussians += 1
         return s
 
-    def gaussians(self, s: np.ndarray) -> tuple[float, np.ndarray]:
-        """Sum of the deposited Gaussians at CV values ``s`` (eV) and its gradient dV/ds."""
+    def _gaussian_force(self, s: np.ndarray) -> tuple[float, np.ndarray]:
+        """Sum of the deposited Gaussians at CV values ``s`` (eV) and -dV/ds."""
         if self.n_gaussians == 0:
             return 0.0, np.zeros(self.n_bias)
-        diff = wrap(s - self.centers, self.periodic) / self.widths
-        weights = self.height * np.exp(-0.5 * np.einsum("ij,ij->i", diff, diff))
-        return float(weights.sum()), -(weights @ diff) / self.widths
+        self._point[: self.n_bias] = s
+        diff = self._point - self._centers[: self.n_gaussians]  # rows (s - s_a, 1)
+        if self._any_periodic:
+            diff[:, : self.n_bias] = wrap(diff[:, : self.n_bias], self.periodic)
+        sums = np.exp((diff * diff) @ self._exponent) @ diff  # (sum_a e_a (s - s_a), sum_a e_a)
+        return self.height * float(sums[-1]), sums[: self.n_bias] * self._force_factor
+
+    def gaussians(self, s: np.ndarray) -> tuple[float, np.ndarray]:
+        """Sum of the deposited Gaussians at CV values ``s`` (eV) and its gradient dV/ds."""
+        energy, force = self._gaussian_force(np.asarray(s, dtype=float))
+        return energy, -force
 
     def __call__(self, positions: np.ndarray) -> tuple[float, np.ndarray]:
         """Bias energy (eV) and bias forces (N, 3) in eV/Angstrom at ``positions``."""
-        values, grads = self._evaluate(positions)
-        slope = np.zeros(len(values))
-        energy, slope[: self.n_bias] = self.gaussians(values[: self.n_bias])
-        if len(self.walls):
-            w = values[self.wall_rows]
-            excess = np.where(w > self.wall_upper, w - self.wall_upper, 0.0)
-            excess += np.where(w < self.wall_lower, w - self.wall_lower, 0.0)
-            energy += float(0.5 * np.dot(self.wall_k, excess**2))
-            slope += np.bincount(self.wall_rows, weights=self.wall_k * excess, minlength=len(values))
-        return energy, -(slope @ grads.reshape(len(values), -1)).reshape(grads.shape[1:])
+        values = self._forward(positions)
+        energy, force = self._gaussian_force(values[: self.n_bias])  # -dV/ds
+        if self.n_all > self.n_bias:
+            force = np.concatenate([force, np.zeros(self.n_all - self.n_bias)])
+        if self._walls:
+            wall_force = None
+            current = values.tolist()
+            for row, lower, upper, k in self._walls:
+                s = current[row]
+                if s > upper:
+                    excess = s - upper
+                elif s < lower:
+                    excess = s - lower
+                else:
+                    continue
+                energy += 0.5 * k * excess * excess
+                if wall_force is None:
+                    wall_force = [0.0] * self.n_all
+                wall_force[row] -= k * excess
+            if wall_force is not None:
+                force = force + np.array(wall_force)
+        return energy, self.cvset.pullback(force)
 
 
 class MetadynamicsCalculator(MonitoredCalculator):
@@ -262,35 +300,41 @@ def _run_one(
     atoms.calc = calc
     dof = max(3 * len(atoms) - (3 if len(atoms) > 1 else 0), 1)
     kinetic_factor = 1.0 / (dof * units.kB)
-    inverse_masses = 1.0 / atoms.get_masses()[:, None]
+    # (N, 3), not (N, 1): broadcasting costs more than the arithmetic on arrays this small
+    inverse_masses = np.repeat(1.0 / atoms.get_masses()[:, None], 3, axis=1)
     numbers = atoms.numbers.copy()
-    progress = Progress(f"metadynamics system {index}", md["steps"])
-    collector.system, collector.step = index, 0
-    steps = langevin_steps(
-        atoms,
-        rng,
-        temperature=md["temperature"],
-        timestep=md["timestep"],
-        friction=md["friction"],
-        steps=md["steps"],
-    )
+    total, save_interval = md["steps"], md["save_interval"]
+    progress = Progress(f"metadynamics system {index}", total)
+    collector.system, collector.step = index, 1
+    # per-step records go to the collector in one piece at the end (also when the driver fails)
+    energies, bias_energies, temperatures = np.empty(total), np.empty(total), np.empty(total)
+    arrays = atoms.arrays
+    step = done = 0
     try:
-        for step in steps:
-            collector.step = step + 1
+        dyn = start_langevin(
+            atoms, rng, temperature=md["temperature"], timestep=md["timestep"], friction=md["friction"]
+        )
+        for step in range(1, total + 1):
+            dyn.step()
             progress.update()
             driver_results = calc.driver_results
-            momenta = atoms.arrays["momenta"]
-            kinetic = kinetic_factor * float(np.vdot(momenta, momenta * inverse_masses))
-            collector.add_step(
-                index, driver_results["energy"], bias_energy=calc.results["bias_energy"], temperature=kinetic
-            )
-            if step % md["save_interval"] == 0:
-                s = calc.bias.values(atoms.positions)
-                collector.add_sample(index, numbers, atoms.positions, driver_results, cv_values=s)
+            momenta = arrays["momenta"]
+            temperatures[done] = kinetic_factor * float(np.vdot(momenta, momenta * inverse_masses))
+            energies[done] = driver_results["energy"]
+            bias_energies[done] = calc.results["bias_energy"]
+            done += 1
+            if step % save_interval == 0:
+                s = calc.bias.values(arrays["positions"])
+                collector.add_sample(index, numbers, arrays["positions"], driver_results, cv_values=s)
             if step % interval == 0:
-                calc.bias.deposit(atoms.positions)
+                calc.bias.deposit(arrays["positions"])
                 calc.update_bias()
+                dyn.potential_changed()
     finally:
+        collector.step = step  # where a failure happened (step s computes the driver's call s + 1)
         progress.close()
+        collector.add_steps(
+            index, energies[:done], bias_energy=bias_energies[:done], temperature=temperatures[:done]
+        )
         collector.systems[index]["gaussian_centers"] = calc.bias.centers.copy()
         atoms.calc = None

@@ -145,6 +145,16 @@ class SampleCollector:
         for key, value in extra.items():
             self._steps.setdefault(key, []).append(value)
 
+    def add_steps(self, system: int, energies: np.ndarray, **extra: np.ndarray) -> None:
+        """Record several trajectory steps at once: driver energies (eV) and per-step arrays of equal length."""
+        n = len(energies)
+        self._steps["energy"].extend(np.asarray(energies, dtype=float).tolist())
+        self._steps["system"].extend([system] * n)
+        for key, values in extra.items():
+            if len(values) != n:
+                raise ValueError(f"add_steps: {key} has {len(values)} values for {n} steps")
+            self._steps.setdefault(key, []).extend(np.asarray(values).tolist())
+
     def __len__(self) -> int:
         return len(self._samples)
 

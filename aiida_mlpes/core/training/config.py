@@ -42,7 +42,8 @@ class TrainingConfig:
         refit_references: fit per-element reference energies on the training set. None means yes for a new
             model and no when fine-tuning (the parent's references are kept).
         progress_bar: show a tqdm progress bar; None shows it only when stderr is a terminal.
-        threads: torch intra-op threads on CPU; None leaves torch's default.
+        threads: torch intra-op threads on CPU; None: torch's setting capped by the cores the job is given
+            (OMP_NUM_THREADS, SLURM_CPUS_PER_TASK or the CPU affinity; see core/threads.py).
     """
 
     max_epochs: int = 1000

@@ -38,9 +38,10 @@ from aiida_mlpes.core.models.committee import (
     check_committee_size,
     composition_signature,
     member_orders,
-    stack_batches,
+    unstack_members,
 )
 from aiida_mlpes.core.ragged import RaggedArrays
+from aiida_mlpes.core.threads import default_threads
 
 from .components import evaluate_loss, make_optimizer, progress_bar, resolve_device
 from .config import TrainingConfig
@@ -111,8 +112,9 @@ class Trainer:
         self.config = config or TrainingConfig()
         self.workdir = Path(workdir)
         self.device = resolve_device(self.config.device)
-        if self.config.threads and self.device.type == "cpu":
-            torch.set_num_threads(int(self.config.threads))
+        if self.device.type == "cpu":
+            # a rule, not a timing: the given threads, else the cores the job is given (core/threads.py)
+            torch.set_num_threads(int(self.config.threads or default_threads()))
         self.parent = parent
         size = None if committee_size is None or committee_size == 1 else check_committee_size(committee_size)
         self.model: AtomisticModel | Committee
@@ -220,7 +222,10 @@ class Trainer:
             if orders is None:
                 inputs = data.batch(order[start : start + batch_size])
             else:
-                inputs = stack_batches([data.batch(o[start : start + batch_size]) for o in orders])
+                # one collate of the K member blocks (same atoms in every block), split into members
+                inputs = unstack_members(
+                    data.batch(orders[:, start : start + batch_size].reshape(-1)), len(orders)
+                )
             out = model(inputs, compute_forces=need_forces, create_graph=need_forces)
             loss, rows = loss_fn(out, inputs)
             self.optimizer.zero_grad(set_to_none=True)
