@@ -4,7 +4,8 @@
 through it while ``run_get_node`` blocks. Reports of the work chain are printed with the elapsed time and the
 iteration; after each iteration the stored record (``record_<k>``) gives the criteria, holes and errors, and the
 mean wall time of the finished iterations times those left gives the ETA. Failed or excepted child processes are
-printed once each. :func:`final_report` summarises the outputs: model, errors, frequencies, barrier, plot.
+printed once each. :func:`final_report` summarises the outputs: model, errors, frequencies, barrier, plot;
+``aiida-mlpes report PK`` prints it for any ConstructPESWorkChain (e.g. one sent with ``build --submit``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import click
 from aiida.common.log import LOG_LEVEL_REPORT
 
 #: ``[pk|Class|method]: `` that ``Process.report`` puts before each message.
@@ -279,3 +281,40 @@ def final_report(node: Any, plot_path: Path | None) -> list[str]:
         lines.append(f"Convergence plot: {plot_path}")
     lines.append(details)
     return lines
+
+
+@click.command("report")
+@click.argument("identifier")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the convergence plot here (PNG).",
+)
+@click.option("-p", "--profile", default=None, help="AiiDA profile (default: the default profile).")
+def report(identifier: str, plot_path: Path | None, profile: str | None) -> None:
+    """The report of a ConstructPESWorkChain (PK, UUID or label), e.g. one sent with `build --submit`: a line
+    per finished iteration and, once it has ended, what `aiida-mlpes build` prints at the end."""
+    from aiida import orm
+
+    from aiida_mlpes.cli import _get_node, _load
+    from aiida_mlpes.core.convergence import LoopSettings
+
+    _load(profile)
+    node = _get_node(identifier, orm.WorkChainNode, "ConstructPESWorkChain")
+    if node.process_label != "ConstructPESWorkChain":
+        raise click.ClickException(
+            f"node {identifier} is a {node.process_label}, not a ConstructPESWorkChain"
+        )
+    settings = LoopSettings.from_dict(node.inputs.settings.get_dict())
+    progress = BuildProgress(click.echo, settings.max_iterations)
+    progress.root = node
+    progress.show_iterations()
+    if not node.is_terminated:
+        click.echo(
+            f"ConstructPESWorkChain<{node.pk}> is {node.process_state.value}: verdi process report {node.pk}"
+        )
+        return
+    for line in final_report(node, plot_path):
+        click.echo(line)

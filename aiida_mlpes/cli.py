@@ -1,6 +1,6 @@
 """``aiida-mlpes``: the user command line (set-up; build a PES from a structure file and report on it:
-``build``, ``report``, in :mod:`aiida_mlpes.cli_build`; datasets: import, show, export, list, merge; models: list,
-show, export, lineage, retrain).
+``build`` in :mod:`aiida_mlpes.cli_build`, ``report`` in :mod:`aiida_mlpes.build_report`; datasets: import,
+show, export, list, merge; models: list, show, export, lineage, retrain).
 
 Commands that touch the database take ``-p/--profile`` (default: the profile already loaded, else the default
 profile of ``AIIDA_PATH``). A node that does not exist or has the wrong type is one line on stderr and exit
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import click
 
-from aiida_mlpes.cli_build import build, report
+from aiida_mlpes.build_report import report
+from aiida_mlpes.cli_build import build
 
 DEFAULT_PROFILE = "mlpes"
 COMPUTER = "localhost"

@@ -178,7 +178,7 @@ def reference_code(name: str, choice: Reference, label: str | None, runner):
 def check_reference(builder, atoms, what: str, charge: int, multiplicity: int) -> None:
     """The reference CalcJob's checks: its parameters, then elements, overlaps and charge/multiplicity parity."""
     from aiida_mlpes.core.ragged import RaggedArrays
-    from aiida_mlpes.core.reference.validation import structure_problems
+    from aiida_mlpes.core.reference.validation import MIN_DISTANCE, structure_problems
     from aiida_mlpes.workflows.reference import _calculation_class
 
     reference = builder.reference
@@ -188,9 +188,8 @@ def check_reference(builder, atoms, what: str, charge: int, multiplicity: int) -
         raise click.ClickException(f"reference: {message}")
     parameters = reference.parameters.get_dict()
     max_z = calculation.max_z(parameters) if hasattr(calculation, "max_z") else 118
-    problems = structure_problems(
-        RaggedArrays.from_atoms([atoms]), charge, multiplicity, reference.min_distance.value, max_z
-    )
+    min_distance = reference["min_distance"].value if "min_distance" in reference else MIN_DISTANCE
+    problems = structure_problems(RaggedArrays.from_atoms([atoms]), charge, multiplicity, min_distance, max_z)
     if problems:
         raise click.ClickException(f"{what}: {problems[0]}")
 
@@ -382,41 +381,3 @@ def _run(builder, plot_path: Path) -> None:
         click.echo(line)
     if not node.is_finished_ok:
         raise SystemExit(1)
-
-
-@click.command("report")
-@click.argument("identifier")
-@click.option(
-    "--plot",
-    "plot_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write the convergence plot here (PNG).",
-)
-@click.option("-p", "--profile", default=None, help="AiiDA profile (default: the default profile).")
-def report(identifier: str, plot_path: Path | None, profile: str | None) -> None:
-    """The report of a ConstructPESWorkChain (PK, UUID or label), e.g. one sent with `build --submit`: a line
-    per finished iteration and, once it has ended, what `aiida-mlpes build` prints at the end."""
-    from aiida import orm
-
-    from aiida_mlpes.build_report import BuildProgress, final_report
-    from aiida_mlpes.cli import _get_node, _load
-    from aiida_mlpes.core.convergence import LoopSettings
-
-    _load(profile)
-    node = _get_node(identifier, orm.WorkChainNode, "ConstructPESWorkChain")
-    if node.process_label != "ConstructPESWorkChain":
-        raise click.ClickException(
-            f"node {identifier} is a {node.process_label}, not a ConstructPESWorkChain"
-        )
-    settings = LoopSettings.from_dict(node.inputs.settings.get_dict())
-    progress = BuildProgress(click.echo, settings.max_iterations)
-    progress.root = node
-    progress.show_iterations()
-    if not node.is_terminated:
-        click.echo(
-            f"ConstructPESWorkChain<{node.pk}> is {node.process_state.value}: verdi process report {node.pk}"
-        )
-        return
-    for line in final_report(node, plot_path):
-        click.echo(line)
