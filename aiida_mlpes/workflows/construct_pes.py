@@ -269,7 +269,10 @@ class ConstructPESWorkChain(WorkChain):
         ``runner`` (aiida-mlpes-run: sampling, training, characterization); optionally ``driver`` (an
         aiida-mlpes-run code that drives many reference program calls in one job). ``overrides`` changes any
         protocol value (keys: settings, sample, train, characterize, and ``reference`` for the reference
-        protocol's overrides); ``options`` go to every CalcJob's ``metadata.options``.
+        protocol's overrides); ``options`` go to every CalcJob's ``metadata.options``. The reference method's
+        own protocol is ``reference_protocol`` (default: the program's default, ``moderate``), independent of the
+        loop's: a looser SCF saves little on small molecules and its noisy forces spoil training labels and
+        finite-difference frequencies (GFN2-xTB at accuracy 2 is off by up to 0.025 eV/Angstrom).
         """
         unknown = sorted(set(codes) - {"reference", "runner", "driver"})
         if unknown or not {"reference", "runner"} <= set(codes):
@@ -277,7 +280,6 @@ class ConstructPESWorkChain(WorkChain):
         overrides = dict(overrides or {})
         reference_overrides = overrides.pop("reference", None)
         inputs = cls.get_protocol_inputs(protocol, overrides)
-        name = protocol or protocols.default_protocol()
         run_options = protocols.deep_merge(inputs.get("options", {}), options or {})
         builder = cls.get_builder()
         builder.structure = structure
@@ -295,7 +297,7 @@ class ConstructPESWorkChain(WorkChain):
         reference = ReferenceWorkChain.get_builder_from_protocol(
             codes["reference"],
             structure,
-            protocol=reference_protocol or name,
+            protocol=reference_protocol,  # the reference program's own default (moderate) unless chosen
             overrides=reference_overrides,
             options=options,
             charge=charge,
