@@ -118,7 +118,7 @@ def times_features(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def lookup(table: torch.Tensor, index: torch.Tensor, ndim: int) -> torch.Tensor:
     """``table.index_select(0, index)`` for a table of ``ndim`` dimensions (e.g. an element embedding);
-    a committee table (K, *table) is indexed block by block with member-blocked ``index``."""
+    a committee table ``(K, *table)`` is indexed block by block with member-blocked ``index``."""
     if table.dim() == ndim:
         return table.index_select(0, index)
     members, rows = table.shape[0], table.shape[1]

@@ -46,6 +46,7 @@ class LeanLangevin(Langevin):
     """
 
     def __init__(self, atoms: Atoms, *args: Any, **kwargs: Any) -> None:
+        """The arguments of ASE's ``Langevin`` (timestep, temperature_K, friction, ...), unchanged."""
         self._draws: np.ndarray | None = None  # before ASE's __init__, which calls updatevars()
         super().__init__(atoms, *args, **kwargs)
         constraints = atoms.constraints
