@@ -23,7 +23,13 @@ BATCH = 10
 
 def _builder(codes: dict[str, orm.InstalledCode]):
     overrides = {
-        "settings": {"max_iterations": 1, "min_iterations": 1, "committee_size": 2, "n_candidates": 4},
+        "settings": {
+            "max_iterations": 1,
+            "min_iterations": 1,
+            "committee_size": 2,
+            "n_candidates": 2,
+            "validate_frequencies": False,
+        },
         "sample": {"parameters": {"n_samples": N_SAMPLES, "temperature": 600.0, "optimize": True}, "seed": 0},
         "train": {
             "model": {"n_features": 16, "n_rbf": 8, "n_blocks": 1, "cutoff": 4.0},
@@ -66,7 +72,7 @@ def test_construct_pes_survives_a_daemon_kill_during_labelling(slurm_codes, fres
     kill_daemon(fresh_daemon)
     time.sleep(2)
     restart_daemon(fresh_daemon)
-    wait_for(node, 420, fresh_daemon)
+    wait_for(node, 900, fresh_daemon)
 
     failed = [
         (n.process_label, n.pk, n.process_state.value, n.exit_status, n.exit_message or n.exception)

@@ -152,6 +152,7 @@ def test_training_killed_at_walltime_resumes_from_its_checkpoint(slurm_codes, fr
         "progress_bar": False,
         "device": "cpu",
         "max_epochs": 100000,
+        "early_stopping_patience": None,
         "wall_time_limit": 3600,  # the user's budget: only the scheduler stops this job
         "checkpoint_interval": 2,
         "checkpoint_min_seconds": 0,
