@@ -193,7 +193,7 @@ def planted_hole_builder(runner, ase_code):
 def test_a_planted_hole_is_found_labelled_and_closed(codes, aiida_code_installed):
     runner = codes["runner"]
     ase_code = aiida_code_installed(
-        filepath_executable=runner.filepath_executable, default_calc_job_plugin="mlpes.ase"
+        filepath_executable=str(runner.filepath_executable), default_calc_job_plugin="mlpes.ase"
     )
     results, node = run_get_node(planted_hole_builder(runner, ase_code))
     assert node.exit_status in (0, 410), node.exit_message
