@@ -67,7 +67,7 @@ for record in results["history"]["iterations"] if "history" in results else []:
         f"  iteration {record['iteration']}: {record['n_conformations']} conformations, holes "
         f"{record['holes']['found']}/{record['holes']['labelled']}/{record['holes']['confirmed']} (found/labelled/"
         f"confirmed), new-label MAE {1000 * (new.get('energy_mae') or float('nan')):.1f} meV, frequency RMSE vs xTB "
-        f"{validation.get('frequency_rmse') or float('nan'):.1f} cm^-1, ZPE {record['dmc']['zpe_cm']} cm^-1 | {verdicts}"
+        f"{validation.get('frequency_rmse') or float('nan'):.1f} cm^-1, ZPE {record['dmc']['zpe_cm'] or float('nan'):.0f} cm^-1 | {verdicts}"
     )
 if "model" not in results:
     raise SystemExit("no model was trained")
