@@ -604,7 +604,6 @@ class ConstructPESWorkChain(WorkChain):
             f"iteration {self.ctx.iteration}: DMC {dmc.get('outcome', 'completed')}, {dmc.get('n_holes', 0)} holes, "
             f"ZPE {dmc.get('zpe_cm')} +- {dmc.get('zpe_error_cm')} cm^-1"
         )
-        self.ctx.minimum = node.outputs.minimum
         if "transition_state" in node.outputs:
             self.ctx.ts_structure = node.outputs.transition_state
         self.ctx.structure = node.outputs.minimum  # the next model starts from this one's minimum
