@@ -30,7 +30,7 @@ class GaussianCalculation(ReferenceCalculation):
     """Gaussian ``Force NoSymm`` single point for every structure."""
 
     PROGRAM: ClassVar[str] = "gaussian"
-    RETRIEVE: ClassVar[list[str]] = ["s*.log"]
+    RETRIEVE: ClassVar[list[str]] = ["s*.log", "s*.err"]
 
     @classmethod
     def check_parameters(cls, parameters: dict[str, Any]) -> None:
@@ -94,4 +94,5 @@ class GaussianCalculation(ReferenceCalculation):
         codeinfo = CodeInfo()
         codeinfo.stdin_name = f"{name}.com"
         codeinfo.stdout_name = f"{name}.log"
+        codeinfo.stderr_name = f"{name}.err"  # the shell's message if the program cannot start
         return codeinfo

@@ -49,7 +49,7 @@ class OrcaCalculation(ReferenceCalculation):
     """ORCA EnGrad single point for every structure; the gradient is read from ``sNNNNN.engrad``."""
 
     PROGRAM: ClassVar[str] = "orca"
-    RETRIEVE: ClassVar[list[str]] = ["s*.out", "s*.engrad"]
+    RETRIEVE: ClassVar[list[str]] = ["s*.out", "s*.err", "s*.engrad"]
 
     @classmethod
     def check_parameters(cls, parameters: dict[str, Any]) -> None:
@@ -107,4 +107,5 @@ class OrcaCalculation(ReferenceCalculation):
         codeinfo = CodeInfo()
         codeinfo.cmdline_params = [f"{name}.inp"]
         codeinfo.stdout_name = f"{name}.out"
+        codeinfo.stderr_name = f"{name}.err"  # the shell's message if the program cannot start
         return codeinfo

@@ -99,6 +99,9 @@ def define_reference_ports(spec, parser_name: str) -> None:
         "num_machines": 1,
         "num_mpiprocs_per_machine": 1,
     }
+    # a port with a default is not required (plumpy's rule); otherwise `node.get_builder_restart()` fails
+    # on a job submitted without `resources` (the builder validates the stored options without defaults)
+    spec.inputs["metadata"]["options"]["resources"].required = False
     spec.inputs["metadata"]["options"]["withmpi"].default = False
     define_reference_exit_codes(spec)
 

@@ -5,7 +5,8 @@ on per-call bookkeeping when every structure is its own CodeInfo. In driver mode
 settings file with the list of calls (argument lists, never shell strings: the executable comes from the
 AiiDA code node, the arguments from our input writers) and each call's input files, and this task writes
 those files and runs the calls with :mod:`subprocess`, up to ``processes`` at a time (the cores the job was
-given; each program single-threaded). Outputs land in the same files a CodeInfo would have written, so the
+given; each program single-threaded). A call whose executable is missing gets the shell's message in its
+stderr file and status 127, as in a job script. Outputs land in the same files a CodeInfo would have written, so the
 parser is unchanged. Calls start in list order, so a kill mid-batch leaves the finished structures'
 outputs in place and the never-started ones without files.
 
@@ -100,8 +101,11 @@ def run_commands_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]
                     status = subprocess.run(
                         args, cwd=workdir, stdout=out, stderr=err, env=environment
                     ).returncode
-                except OSError as exc:  # executable missing or not executable: nothing else can run either
-                    raise TaskError(f"cannot run {args[0]}: {exc}") from exc
+                except OSError as exc:
+                    # executable missing or not executable: report it as a shell would (message in the
+                    # call's stderr, status 127/126), so the parser names the path for every structure
+                    err.write(f"{args[0]}: {exc.strerror or exc}\n".encode())
+                    status = 127 if isinstance(exc, FileNotFoundError) else 126
             record = None
             if "parse" in command:
                 spec = command["parse"]

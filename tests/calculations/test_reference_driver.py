@@ -139,8 +139,11 @@ def test_run_commands_task_writes_input_files_and_runs_calls_side_by_side(tmp_pa
         run_commands_task({"commands": [{**commands[0], "files": {"../x": ""}}]}, tmp_path)
     with pytest.raises(TaskError, match="processes"):
         run_commands_task({"commands": commands, "processes": 0}, tmp_path)
-    with pytest.raises(TaskError, match="cannot run /nonexistent"):
-        run_commands_task({"commands": [{"args": ["/nonexistent"], "stdout": "c", "stderr": "d"}]}, tmp_path)
+    # a missing executable is reported as a shell would: message in the call's stderr, status 127
+    missing = {"args": ["/nonexistent/prog"], "stdout": "c", "stderr": "d"}
+    result = run_commands_task({"commands": [missing, {**missing, "stdout": "e", "stderr": "f"}]}, tmp_path)
+    assert result["statuses"] == [127, 127]
+    assert (tmp_path / "d").read_text() == "/nonexistent/prog: No such file or directory\n"
 
 
 def test_driver_parses_outputs_and_a_killed_job_leaves_the_rest_not_run(tmp_path):
@@ -180,3 +183,23 @@ def test_driver_parses_outputs_and_a_killed_job_leaves_the_rest_not_run(tmp_path
     assert first.ok and first.forces.shape == (4, 3) and first.numbers.tolist() == [7, 1, 1, 1]
     assert records[2]["status"] == common.MISSING_OUTPUT
     assert read_driver_results(tmp_path / "absent.jsonl") is None
+
+
+@pytest.mark.parametrize("driver_mode", [False, True])
+def test_missing_executable_fails_the_job_as_a_program_error_naming_the_path(
+    codes, aiida_code_installed, tmp_path, driver_mode
+):
+    """xtb's path does not exist on the computer: exit 310 (program failed) with the path, in both modes,
+    not 400 (a killed job the work chain would resubmit); once installed, the restart succeeds."""
+    executable = tmp_path / "bin" / "xtb"
+    missing = aiida_code_installed(filepath_executable=str(executable), default_calc_job_plugin="mlpes.xtb")
+    inputs = {"code": missing, "structures": PESDataset.from_arrays(nh3_arrays(2)).store()}
+    if driver_mode:
+        inputs["driver_code"] = codes["driver"]
+    _, node = run_get_node(XtbCalculation, **inputs, metadata={"options": OPTIONS})
+    assert node.exit_status == XtbCalculation.exit_codes.ERROR_PROGRAM_FAILED.status, node.exit_message
+    assert f"{executable}: No such file or directory" in node.exit_message
+    executable.parent.mkdir()
+    executable.symlink_to(Path(XTB).resolve())
+    _, again = run_get_node(node.get_builder_restart())  # resources were not given: defaults apply
+    assert again.is_finished_ok, again.exit_message

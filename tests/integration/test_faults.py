@@ -88,11 +88,6 @@ def test_over_limit_walltime_is_rejected_with_a_clear_report(slurm_codes, fresh_
     assert node.is_killed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: xtb's parser reads the shell's 'No such file or directory' as a killed run "
-    "(category walltime, exit 400); core/reference/xtb.py needs a pattern for it",
-)
 def test_missing_code_is_reported_and_resumes_once_installed(
     slurm_computer, require_xtb, fresh_daemon, tmp_path
 ):

@@ -149,6 +149,25 @@ def check_physical(result: ReferenceResult, energy_hartree: float | None, gradie
         result.fail(UNPHYSICAL, f"largest gradient component {gradient_max:.3g} Eh/bohr is unphysical")
 
 
+#: What a shell or the dynamic loader prints when a program cannot start: a missing executable (bash: "No
+#: such file or directory", "command not found"; dash: "not found"), one that is not executable ("Permission
+#: denied", "cannot execute") or a missing shared library. Exit status 126/127; the program wrote nothing.
+_NOT_STARTED_RE = re.compile(
+    r"^.*(?:No such file or directory|command not found|: not found|Permission denied|cannot execute"
+    r"|error while loading shared libraries).*$",
+    re.MULTILINE,
+)
+
+
+def program_not_started(output: str | None, stderr: str | None) -> str | None:
+    """The shell's (or loader's) message when the program never started: its ``output`` is empty and
+    ``stderr`` says why (naming the executable's path). None when the program ran."""
+    if (output or "").strip():
+        return None
+    match = _NOT_STARTED_RE.search(stderr or "")
+    return match.group(0).strip() if match else None
+
+
 def read_text(path) -> str | None:
     """File contents as text (undecodable bytes replaced), or None if the file does not exist."""
     from pathlib import Path

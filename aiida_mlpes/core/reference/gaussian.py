@@ -215,11 +215,18 @@ def _classify(result: ReferenceResult, text: str, energies_eh: list[float], forc
 def read_gaussian(
     directory: str | Path, basename: str = "aiida", charge_scheme: str = "mulliken"
 ) -> ReferenceResult:
-    """Parse ``<basename>.log`` in ``directory``; a missing forces block is a failure (``Force`` was asked)."""
+    """Parse ``<basename>.log`` in ``directory``; a missing forces block is a failure (``Force`` was asked).
+    An empty log with the shell's message in ``<basename>.err`` (missing executable) is a program error
+    naming the path."""
     text = common.read_text(Path(directory) / f"{basename}.log")
     if text is None:
         return ReferenceResult(program="gaussian").fail(
             common.MISSING_OUTPUT, f"Gaussian output {basename}.log was not written"
+        )
+    not_started = common.program_not_started(text, common.read_text(Path(directory) / f"{basename}.err"))
+    if not_started:
+        return ReferenceResult(program="gaussian").fail(
+            common.ERROR, f"Gaussian could not be started: {not_started}"
         )
     result = parse_gaussian_output(text, charge_scheme=charge_scheme)
     if result.ok and result.forces is None:

@@ -236,13 +236,17 @@ def read_orca(
     directory: str | Path, basename: str = "aiida", charge_scheme: str = "mulliken"
 ) -> ReferenceResult:
     """Parse ``<basename>.out`` in ``directory``; take the gradient from ``<basename>.engrad`` when present
-    (more digits than the printed table), the rest from the output."""
+    (more digits than the printed table), the rest from the output. An empty output with the shell's
+    message in ``<basename>.err`` (missing executable) is a program error naming the path."""
     directory = Path(directory)
     text = common.read_text(directory / f"{basename}.out")
     if text is None:
         return ReferenceResult(program="orca").fail(
             common.MISSING_OUTPUT, f"ORCA output {basename}.out was not written"
         )
+    not_started = common.program_not_started(text, common.read_text(directory / f"{basename}.err"))
+    if not_started:
+        return ReferenceResult(program="orca").fail(common.ERROR, f"ORCA could not be started: {not_started}")
     result = parse_orca_output(text, charge_scheme=charge_scheme)
     engrad = common.read_text(directory / f"{basename}.engrad")
     if engrad and result.ok:
