@@ -19,6 +19,23 @@ from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 
 
+def resources_cores(resources: dict[str, Any], computer: orm.Computer | None = None) -> int:
+    """CPU cores on one machine of a job with these scheduler ``resources``: ``num_cores_per_machine`` if
+    given, else ``num_mpiprocs_per_machine`` (the computer's default if unset) x ``num_cores_per_mpiproc``
+    (1 if unset); for a scheduler with parallel environments (SGE), ``tot_num_mpiprocs``."""
+    resources = dict(resources)
+    if "tot_num_mpiprocs" in resources and "num_machines" not in resources:
+        return max(1, int(resources["tot_num_mpiprocs"]))
+    per_machine = resources.get("num_mpiprocs_per_machine")
+    if per_machine is None and computer is not None:
+        per_machine = computer.get_default_mpiprocs_per_machine()
+    if per_machine is None and resources.get("tot_num_mpiprocs") and resources.get("num_machines"):
+        per_machine = int(resources["tot_num_mpiprocs"]) // int(resources["num_machines"])
+    if resources.get("num_cores_per_machine"):
+        return max(1, int(resources["num_cores_per_machine"]))
+    return max(1, int(per_machine or 1) * int(resources.get("num_cores_per_mpiproc") or 1))
+
+
 class MlpesRunCalculation(CalcJob):
     """Run one ``aiida-mlpes-run`` task on a computer (local or remote, any scheduler)."""
 
@@ -46,7 +63,9 @@ class MlpesRunCalculation(CalcJob):
             "threads",
             valid_type=orm.Int,
             required=False,
-            help="Threads for torch/numpy inside the task; default: all the CPUs the task sees.",
+            help="Threads for torch, OpenMP and BLAS inside the task (and the programs it runs); default: the "
+            "cores of the job's resources on its machine (num_mpiprocs_per_machine x num_cores_per_mpiproc, "
+            "or num_cores_per_machine).",
         )
         spec.exit_code(
             300,
@@ -63,6 +82,10 @@ class MlpesRunCalculation(CalcJob):
         """Write extra input files into ``folder``; return the task settings (JSON-serialisable)."""
         raise NotImplementedError
 
+    def job_cores(self) -> int:
+        """CPU cores the job is given on its (first) machine, from ``metadata.options.resources``."""
+        return resources_cores(self.inputs.metadata.options.get("resources") or {}, self.inputs.code.computer)
+
     def copy_node_file(self, node: orm.SinglefileData, target: str) -> None:
         """Have the engine copy the file of ``node`` to ``target`` in the working directory."""
         self._local_copy_list.append((node.uuid, node.filename, target))
@@ -70,8 +93,9 @@ class MlpesRunCalculation(CalcJob):
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
         self._local_copy_list: list[tuple[str, str, str]] = []
         settings = self.write_task_inputs(folder)
-        if "threads" in self.inputs:
-            settings["threads"] = self.inputs.threads.value
+        # the task runs on exactly the cores the job was given: torch threads and OMP_NUM_THREADS (inherited by
+        # the programs it starts); without it a job without --cpus-per-task would use every core of its node
+        settings["threads"] = self.inputs.threads.value if "threads" in self.inputs else self.job_cores()
         folder.create_file_from_filelike(
             io.StringIO(json.dumps(settings, indent=2, sort_keys=True)), self.INPUT_FILE, mode="w"
         )

@@ -11,6 +11,7 @@ GPUs are requested through scheduler options (``metadata.options``) and ``traini
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiida import orm
@@ -35,10 +36,12 @@ class TrainCalculation(StageProtocolMixin, MlpesRunCalculation):
     PARENT_FILE = "parent_model.pt"
     MODEL_FILE = "model.pt"
     CHECKPOINT_FILE = "checkpoint.pt"
+    #: ``{"epoch": N}`` of the checkpoint, written next to it (retrieved; the checkpoint stays remote).
+    CHECKPOINT_INFO = "checkpoint.json"
     CURVE_FILE = "learning_curve.csv"
     CURVE_PLOT = "learning_curves.png"
     RETRIEVE_TEMPORARY = [MODEL_FILE]
-    RETRIEVE = [CURVE_FILE, CURVE_PLOT]
+    RETRIEVE = [CURVE_FILE, CURVE_PLOT, CHECKPOINT_INFO]
     #: Seconds kept free before the scheduler's wall time to write the last checkpoint and the outputs.
     WALLTIME_MARGIN = 120.0
 
@@ -190,6 +193,21 @@ class TrainCalculation(StageProtocolMixin, MlpesRunCalculation):
                 for name in (self.CHECKPOINT_FILE, self.CURVE_FILE)
             ]
         return calcinfo
+
+
+def checkpoint_epoch(node: orm.CalcJobNode) -> int | None:
+    """Epoch of the checkpoint a finished or killed ``mlpes.train`` job left in its remote folder (from the
+    retrieved ``checkpoint.json``); None when it wrote none or its folder is gone."""
+    if "retrieved" not in node.outputs or "remote_folder" not in node.outputs:
+        return None
+    retrieved = node.outputs.retrieved
+    if TrainCalculation.CHECKPOINT_INFO not in retrieved.base.repository.list_object_names():
+        return None
+    try:
+        info = json.loads(retrieved.base.repository.get_object_content(TrainCalculation.CHECKPOINT_INFO))
+        return int(info["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _atomic_numbers(dataset: PESDataset) -> list[int]:

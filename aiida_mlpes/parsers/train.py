@@ -8,12 +8,25 @@ from typing import Any
 from aiida import orm
 from aiida.engine import ExitCode
 
-from aiida_mlpes.calculations.train import TrainCalculation
+from aiida_mlpes.calculations.train import TrainCalculation, checkpoint_epoch
 from aiida_mlpes.data.model import PESModel
 from aiida_mlpes.parsers.base import MlpesRunParser
 
 
 class TrainParser(MlpesRunParser):
+    def report_walltime_kill(self) -> None:
+        epoch = checkpoint_epoch(self.node)
+        if epoch is None:
+            self.logger.warning(
+                "the scheduler killed the training at its walltime before its first checkpoint: resubmit "
+                "with a longer walltime (or a smaller training.checkpoint_interval)"
+            )
+        else:
+            self.logger.warning(
+                f"the scheduler killed the training at its walltime; its checkpoint of epoch {epoch} is in "
+                f"the remote folder: resubmit with restart_folder = its remote_folder to continue from there"
+            )
+
     def parse_result(self, result: dict[str, Any]) -> ExitCode | None:
         path = self.temporary_path(TrainCalculation.MODEL_FILE)
         if path is None:

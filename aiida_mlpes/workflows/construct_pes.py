@@ -32,7 +32,7 @@ from aiida_mlpes.calculations.characterize import CharacterizeCalculation
 from aiida_mlpes.calculations.merge import merge_datasets
 from aiida_mlpes.calculations.sample import SampleCalculation
 from aiida_mlpes.calculations.test import ModelTestCalculation
-from aiida_mlpes.calculations.train import TrainCalculation
+from aiida_mlpes.calculations.train import TrainCalculation, checkpoint_epoch
 from aiida_mlpes.core.characterize.task import check_tasks
 from aiida_mlpes.core.convergence import LoopSettings
 from aiida_mlpes.core.models import ModelConfig
@@ -45,6 +45,10 @@ from aiida_mlpes.workflows.reference import ReferenceWorkChain, _calculation_cla
 
 #: Exit status of TrainCalculation when the wall time ended training early: the best model is still output.
 TRAINING_INCOMPLETE = 400
+#: Exit status of a CalcJob the scheduler killed at its walltime (aiida-core's ERROR_SCHEDULER_OUT_OF_WALLTIME).
+KILLED_AT_WALLTIME = 120
+#: Times one training is resumed from its checkpoint after the scheduler killed it at its walltime.
+TRAINING_RESUMES = 3
 #: Kinds of newly labelled structures, in the order they are labelled and scored.
 LABEL_KINDS = ("validation", "holes", "candidates")
 
@@ -127,11 +131,16 @@ class ConstructPESWorkChain(WorkChain):
             cls.fix_test_set,
             while_(cls.should_iterate)(
                 cls.run_training,
+                while_(cls.should_resume_training)(cls.resume_training),
                 cls.inspect_training,
                 cls.run_fixed_test,
                 cls.inspect_fixed_test,
                 if_(cls.should_retrain_from_scratch)(
-                    cls.run_training, cls.inspect_training, cls.run_fixed_test, cls.inspect_fixed_test
+                    cls.run_training,
+                    while_(cls.should_resume_training)(cls.resume_training),
+                    cls.inspect_training,
+                    cls.run_fixed_test,
+                    cls.inspect_fixed_test,
                 ),
                 cls.run_characterization,
                 cls.inspect_characterization,
@@ -492,6 +501,33 @@ class ConstructPESWorkChain(WorkChain):
             f"{self.ctx.dataset.n_conformations} conformations ({how})"
         )
         self.ctx.fine_tuned = fine_tune
+        self.ctx.training_resumes = 0
+        return ToContext(training=self._launch(TrainCalculation, **inputs))
+
+    def should_resume_training(self) -> bool:
+        """The scheduler killed the training at its walltime after a checkpoint: resume it (a few times)."""
+        node = self.ctx.training
+        return (
+            node.exit_status == KILLED_AT_WALLTIME
+            and checkpoint_epoch(node) is not None
+            and self.ctx.training_resumes < TRAINING_RESUMES
+        )
+
+    def resume_training(self):
+        """The killed job again, same inputs, continuing from its checkpoint (epoch, optimizer, EMA, RNG)."""
+        node = self.ctx.training
+        self._time("train", node)
+        self.ctx.training_resumes += 1
+        builder = node.get_builder_restart()
+        builder.restart_folder = node.outputs.remote_folder
+        inputs = builder._inputs(prune=True)
+        inputs["metadata"]["call_link_label"] = (
+            f"train_{self.ctx.iteration}{self.ctx.attempt}_resume{self.ctx.training_resumes}"
+        )
+        self.report(
+            f"{node.process_label}<{node.pk}> was killed at the scheduler's walltime; resuming it from its "
+            f"checkpoint of epoch {checkpoint_epoch(node)} ({self.ctx.training_resumes} of {TRAINING_RESUMES})"
+        )
         return ToContext(training=self._launch(TrainCalculation, **inputs))
 
     def inspect_training(self):

@@ -304,3 +304,77 @@ def test_train_a_committee_end_to_end(runner_code):
     )
     assert node2.is_finished_ok, node2.exit_message
     assert tested["metrics"]["energy"]["n"] == 20
+
+
+def _killed_train_node(aiida_localhost, files: dict[str, Path], exit_status: int | None) -> orm.CalcJobNode:
+    """A stored mlpes.train CalcJobNode with a remote folder and a retrieved folder of ``files`` (no
+    result.json: the task never finished), exit status as the scheduler's parser left it."""
+    node = orm.CalcJobNode(computer=aiida_localhost)
+    node.set_process_type("aiida.calculations:mlpes.train")
+    node.set_option("resources", {"num_machines": 1})
+    node.store()
+    if exit_status is not None:
+        node.set_exit_status(exit_status)
+    retrieved = orm.FolderData()
+    for name, path in files.items():
+        retrieved.base.repository.put_object_from_file(str(path), name)
+    retrieved.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label="retrieved")
+    retrieved.store()
+    remote = orm.RemoteData(computer=aiida_localhost, remote_path=str(next(iter(files.values())).parent))
+    remote.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label="remote_folder")
+    remote.store()
+    return node
+
+
+def test_walltime_kill_by_the_scheduler_is_exit_120_naming_the_checkpoint_epoch(
+    dataset, tmp_path, aiida_localhost
+):
+    """SLURM killed the task (the scheduler's parser set 120): the parser keeps 120, not 300 (a crash), and
+    reports the checkpoint's epoch, which ``checkpoint_epoch`` reads from the retrieved checkpoint.json."""
+    from aiida.plugins import ParserFactory
+
+    from aiida_mlpes.calculations.train import checkpoint_epoch
+    from aiida_mlpes.core.training_task import run_train_task
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with dataset.as_path() as path:
+        shutil.copyfile(path, workdir / "dataset.h5")
+    training = {**FAST, "max_epochs": 5, "checkpoint_interval": 2, "checkpoint_min_seconds": 0}
+    run_train_task({"dataset": "dataset.h5", "model": TINY, "training": training}, workdir)
+    info = json.loads((workdir / "checkpoint.json").read_text())
+    saved = torch.load(workdir / "checkpoint.pt", weights_only=True)
+    assert info["epoch"] == saved["state"]["epoch"] == 5
+
+    parse = ParserFactory("mlpes.train")
+    killed = _killed_train_node(
+        aiida_localhost,
+        {
+            "checkpoint.json": workdir / "checkpoint.json",
+            "learning_curve.csv": workdir / "learning_curve.csv",
+        },
+        exit_status=120,
+    )
+    assert checkpoint_epoch(killed) == 5
+    _, calcfunction = parse.parse_from_node(killed, store_provenance=False)
+    assert (
+        calcfunction.exit_status == TrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status == 120
+    )
+    logs = " ".join(log.message for log in orm.Log.collection.get_logs_for(killed))
+    assert "checkpoint of epoch 5" in logs and "restart_folder" in logs
+
+    early = _killed_train_node(
+        aiida_localhost, {"learning_curve.csv": workdir / "learning_curve.csv"}, exit_status=120
+    )
+    assert checkpoint_epoch(early) is None
+    _, calcfunction = parse.parse_from_node(early, store_provenance=False)
+    assert calcfunction.exit_status == 120
+    assert "before its first checkpoint" in " ".join(
+        log.message for log in orm.Log.collection.get_logs_for(early)
+    )
+    # no walltime from the scheduler: a task that died without result.json is a crash (300)
+    crashed = _killed_train_node(
+        aiida_localhost, {"checkpoint.json": workdir / "checkpoint.json"}, exit_status=None
+    )
+    _, calcfunction = parse.parse_from_node(crashed, store_provenance=False)
+    assert calcfunction.exit_status == TrainCalculation.exit_codes.ERROR_NO_RESULT.status

@@ -12,7 +12,7 @@ import torch
 from aiida import orm
 from aiida.engine import submit
 
-from aiida_mlpes.calculations.train import TrainCalculation
+from aiida_mlpes.calculations.train import TrainCalculation, checkpoint_epoch
 from aiida_mlpes.calculations.xtb import XtbCalculation
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.data.dataset import PESDataset
@@ -165,9 +165,9 @@ def test_training_killed_at_walltime_resumes_from_its_checkpoint(slurm_codes, fr
     builder.metadata.options = {"max_wallclock_seconds": 60, "resources": {"num_machines": 1}}
     killed = wait_for(submit(builder), 240, fresh_daemon)
 
-    # SLURM's State TIMEOUT gives exit 120 first, but the task wrote no result.json, and the parser's 300
-    # (ERROR_NO_RESULT: "killed or crashed") replaces it
-    assert killed.exit_status == TrainCalculation.exit_codes.ERROR_NO_RESULT.status, (
+    # SLURM's State TIMEOUT gives exit 120 (ERROR_SCHEDULER_OUT_OF_WALLTIME); the task wrote no result.json,
+    # and the parser keeps 120 instead of its own 300 (killed or crashed), naming the checkpoint's epoch
+    assert killed.exit_status == TrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status, (
         killed.exit_status,
         killed.exit_message,
     )
@@ -176,6 +176,9 @@ def test_training_killed_at_walltime_resumes_from_its_checkpoint(slurm_codes, fr
     checkpoint = torch.load(workdir / "checkpoint.pt", weights_only=True)
     epoch = checkpoint["state"]["epoch"]
     assert epoch >= 2 and checkpoint["optimizer"]["state"] and checkpoint["ema"] is not None
+    assert checkpoint_epoch(killed) == epoch
+    logs = " ".join(log.message for log in orm.Log.collection.get_logs_for(killed))
+    assert f"checkpoint of epoch {epoch}" in logs, logs
     curve = (workdir / "learning_curve.csv").read_text().splitlines()
 
     restart = killed.get_builder_restart()

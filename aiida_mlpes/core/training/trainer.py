@@ -14,6 +14,7 @@ the members' mean loss; logged losses and MAEs are member averages.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -96,6 +97,9 @@ class Trainer:
     """
 
     CHECKPOINT = "checkpoint.pt"
+    #: A few bytes naming the epoch of the checkpoint, written right after it (what a job's parser retrieves
+    #: to tell a walltime kill with a checkpoint from one without, without moving the checkpoint itself).
+    CHECKPOINT_INFO = "checkpoint.json"
     BEST_MODEL = "best_model.pt"
     CURVE = "learning_curve.csv"
 
@@ -315,7 +319,7 @@ class Trainer:
             curve.truncate(state["epoch"])
             LOGGER.info("resumed from %s at epoch %d", self.checkpoint_path, state["epoch"])
         else:
-            for name in (self.CHECKPOINT, self.BEST_MODEL):
+            for name in (self.CHECKPOINT, self.CHECKPOINT_INFO, self.BEST_MODEL):
                 (self.workdir / name).unlink(missing_ok=True)
             curve.start()
 
@@ -445,6 +449,9 @@ class Trainer:
         torch.save(payload, tmp)
         os.replace(tmp, self.checkpoint_path)
         self._checkpoint_epoch = state["epoch"]
+        info = self.workdir / (self.CHECKPOINT_INFO + ".tmp")
+        info.write_text(json.dumps({"epoch": int(state["epoch"]), "checkpoint": self.CHECKPOINT}))
+        os.replace(info, self.workdir / self.CHECKPOINT_INFO)
 
     def _load_checkpoint(self, split: dict[str, np.ndarray]) -> dict[str, Any]:
         path = self.checkpoint_path
