@@ -393,6 +393,10 @@ def _recursive_merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, A
     return merged
 
 
+def _validate_batch_size(value: orm.Int, _port=None) -> str | None:
+    return None if value.value >= 1 else f"batch_size must be at least 1, got {value.value}"
+
+
 class ReferenceWorkChain(WorkChain):
     """Label many structures: batches of ``batch_size`` run in parallel, each healed by its own
     ``ReferenceBaseWorkChain``; outputs the merged dataset and the excluded structures."""
@@ -406,6 +410,7 @@ class ReferenceWorkChain(WorkChain):
             valid_type=orm.Int,
             default=lambda: orm.Int(100),
             serializer=orm.to_aiida_type,
+            validator=_validate_batch_size,
             help="Structures per CalcJob (a job costs ~1 s of engine time, xtb on NH3 ~0.02 s).",
         )
         spec.input(
