@@ -17,7 +17,8 @@ from aiida.engine import submit
 from aiida.engine.processes.control import play_processes
 
 from aiida_mlpes.calculations.xtb import XtbCalculation
-from tests.integration.conftest import JOB_ENV, molecules, wait_for
+from aiida_mlpes.workflows.reference import ReferenceWorkChain
+from tests.integration.conftest import JOB_ENV, calcjobs_of, molecules, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -77,7 +78,8 @@ def test_bad_partition_pauses_with_slurms_reason_and_resumes_after_fix(slurm_cod
 
 def test_over_limit_walltime_is_rejected_with_a_clear_report(slurm_codes, fresh_daemon):
     """A walltime over the partition's MaxTime is rejected by sbatch (EnforcePartLimits): the job pauses with
-    SLURM's message instead of pending forever; killing it ends it cleanly."""
+    SLURM's message instead of pending forever; killing it ends it cleanly, and the same inputs with a walltime
+    under the limit run."""
     from aiida.engine.processes.control import kill_processes
 
     node = _xtb_job(slurm_codes["xtb"], max_wallclock_seconds=7 * 24 * 3600)
@@ -86,6 +88,11 @@ def test_over_limit_walltime_is_rejected_with_a_clear_report(slurm_codes, fresh_
     kill_processes([node])
     wait_for(node, 60, fresh_daemon)
     assert node.is_killed
+    # the fix: the same inputs with a walltime under the partition's limit
+    again = node.get_builder_restart()
+    again.metadata.options.max_wallclock_seconds = 600
+    again = wait_for(submit(again), 120, fresh_daemon)
+    assert again.is_finished_ok, (again.exit_status, again.exit_message)
 
 
 def test_missing_code_is_reported_and_resumes_once_installed(
@@ -128,6 +135,68 @@ def test_unreachable_computer_pauses_and_resumes_after_reconfiguration(
     play_processes([node])
     wait_for(node, 120, fresh_daemon)
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
+
+
+def test_missing_code_in_a_labelling_work_chain_fails_once_naming_the_path(
+    slurm_computer, require_xtb, fresh_daemon, tmp_path
+):
+    """In a ReferenceWorkChain a missing program is not retried (another job would fail the same way): one
+    job, the structures excluded with the shell's message, exit 403; once installed, the same inputs label."""
+    executable = tmp_path / "opt" / "xtb"
+    code = orm.InstalledCode(
+        label="xtb-missing-wc",
+        computer=slurm_computer,
+        filepath_executable=str(executable),
+        default_calc_job_plugin="mlpes.xtb",
+    ).store()
+    builder = ReferenceWorkChain.get_builder_from_protocol(
+        code, molecules(3, seed=5), options={"environment_variables": JOB_ENV, "max_wallclock_seconds": 600}
+    )
+    node = wait_for(submit(builder), 180, fresh_daemon)
+    assert node.exit_status == ReferenceWorkChain.exit_codes.ERROR_ALL_STRUCTURES_EXCLUDED.status
+    assert len(calcjobs_of(node)) == 1
+    excluded = node.outputs.excluded.get_dict()
+    assert len(excluded) == 3
+    assert all(f"{executable}: No such file or directory" in e["message"] for e in excluded.values()), (
+        excluded
+    )
+    executable.parent.mkdir()
+    executable.symlink_to(require_xtb)
+    again = wait_for(submit(node.get_builder_restart()), 180, fresh_daemon)
+    assert again.is_finished_ok and again.outputs.dataset.n_conformations == 3, again.exit_message
+
+
+def test_labelling_work_chain_waits_on_a_paused_job_and_finishes_after_play(
+    slurm_codes, slurm_computer, fresh_daemon
+):
+    """A fault inside a ReferenceWorkChain (SSH unreachable) pauses the job, not the labelling: the work chain
+    waits on it and finishes, with every structure, once the job is played after the fix."""
+    user = orm.User.collection.get_default()
+    authinfo = slurm_computer.get_authinfo(user)
+    good = authinfo.get_auth_params()
+    authinfo.set_auth_params({**good, "host": "127.0.0.9"})
+    try:
+        builder = ReferenceWorkChain.get_builder_from_protocol(
+            slurm_codes["xtb"],
+            molecules(4, seed=6),
+            overrides={"batch_size": 4},
+            options={"environment_variables": JOB_ENV, "max_wallclock_seconds": 600},
+        )
+        node = submit(builder)
+        start = time.monotonic()
+        while not calcjobs_of(node):
+            assert time.monotonic() - start < 120 and not node.is_terminated, node.process_state
+            time.sleep(0.5)
+        job = calcjobs_of(node)[0]
+        status = _wait_paused(job)
+    finally:
+        authinfo.set_auth_params(good)
+    assert "upload_calculation" in status or "connect" in status.lower(), status
+    assert not node.is_terminated and not node.paused  # the labelling waits; only the job paused
+    play_processes([job])
+    wait_for(node, 180, fresh_daemon)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    assert node.outputs.dataset.n_conformations == 4 and len(calcjobs_of(node)) == 1
 
 
 @pytest.fixture

@@ -138,3 +138,22 @@ def test_collect_exclusions_from_job_history():
     }
     result = collect_exclusions(**jobs).get_dict()
     assert result == {"1": {"category": "scf_not_converged", "message": "c", "attempts": 2}}
+
+
+def test_a_program_that_could_not_start_is_not_retried(workchain):
+    """A missing executable fails every job the same way: the structures are excluded at once, naming the path,
+    instead of spending max_structure_retries more jobs (and queue waits); other program errors are retried."""
+    process = workchain(n=2, retries=2)
+    message = "xtb could not be started: job.sh: line 9: /opt/xtb/bin/xtb: No such file or directory"
+    node = child(
+        310,
+        {
+            "0": {"category": common.ERROR, "message": message},
+            "1": {"category": common.ERROR, "message": "crash"},
+        },
+        [0, 1],
+    )
+    process.record_results(node)
+    assert process.handle_failed_batch(node).do_break
+    assert process.ctx.pending == [1]
+    assert process.ctx.excluded["0"]["message"] == message and process.ctx.excluded["0"]["attempts"] == 3

@@ -159,6 +159,11 @@ _NOT_STARTED_RE = re.compile(
 )
 
 
+#: How a reader's message starts when the program never started (``"xtb could not be started: ..."``); a retry
+#: cannot help, so the work chains exclude such structures at once.
+NOT_STARTED = "could not be started: "
+
+
 def program_not_started(output: str | None, stderr: str | None) -> str | None:
     """The shell's (or loader's) message when the program never started: its ``output`` is empty and
     ``stderr`` says why (naming the executable's path). None when the program ran."""

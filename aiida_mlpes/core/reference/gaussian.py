@@ -226,7 +226,7 @@ def read_gaussian(
     not_started = common.program_not_started(text, common.read_text(Path(directory) / f"{basename}.err"))
     if not_started:
         return ReferenceResult(program="gaussian").fail(
-            common.ERROR, f"Gaussian could not be started: {not_started}"
+            common.ERROR, f"Gaussian {common.NOT_STARTED}{not_started}"
         )
     result = parse_gaussian_output(text, charge_scheme=charge_scheme)
     if result.ok and result.forces is None:

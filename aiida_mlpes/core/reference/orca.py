@@ -246,7 +246,7 @@ def read_orca(
         )
     not_started = common.program_not_started(text, common.read_text(directory / f"{basename}.err"))
     if not_started:
-        return ReferenceResult(program="orca").fail(common.ERROR, f"ORCA could not be started: {not_started}")
+        return ReferenceResult(program="orca").fail(common.ERROR, f"ORCA {common.NOT_STARTED}{not_started}")
     result = parse_orca_output(text, charge_scheme=charge_scheme)
     engrad = common.read_text(directory / f"{basename}.engrad")
     if engrad and result.ok:

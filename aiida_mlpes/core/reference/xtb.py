@@ -170,7 +170,7 @@ def parse_xtb_output(stdout: str, stderr: str = "") -> ReferenceResult:
     text = stdout or ""
     not_started = common.program_not_started(text, stderr)
     if not_started:
-        return result.fail(common.ERROR, f"xtb could not be started: {not_started}")
+        return result.fail(common.ERROR, f"xtb {common.NOT_STARTED}{not_started}")
     if not text.strip() and not (stderr or "").strip():
         return result.fail(common.MISSING_OUTPUT, "the xtb output is empty")
     m = _VERSION_RE.search(text)
