@@ -165,7 +165,9 @@ def run_sample_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
     if driver_spec["name"] == "mlpes" and isinstance(driver_parameters.get("model"), str):
         driver_parameters["model"] = str(workdir / driver_parameters["model"])
     if driver_spec["name"] != "mlpes" and not settings.get("threads"):
-        set_threads(REFERENCE_THREADS)  # a quantum-chemistry driver: reproducible labels (see REFERENCE_THREADS)
+        set_threads(
+            REFERENCE_THREADS
+        )  # a quantum-chemistry driver: reproducible labels (see REFERENCE_THREADS)
     driver = make_driver(driver_spec["name"], **driver_parameters)
     sampler = SAMPLERS[settings["sampler"]]
     handler = logging.StreamHandler(sys.stdout)  # progress lines go to the job's output file
