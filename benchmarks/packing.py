@@ -153,7 +153,9 @@ def label(mode: str, codes: dict, dataset, batches: int) -> dict[str, float]:
     _, node = run_get_node(builder)
     wall = time.time() - start
     if not node.is_finished_ok:
-        raise RuntimeError(f"{mode}: ReferenceWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}")
+        raise RuntimeError(
+            f"{mode}: ReferenceWorkChain<{node.pk}> failed: {node.exit_status} {node.exit_message}"
+        )
     if node.outputs.dataset.n_conformations != n:
         raise RuntimeError(f"{mode}: {node.outputs.dataset.n_conformations} of {n} structures labelled")
     jobs = [d for d in node.called_descendants if isinstance(d, orm.CalcJobNode)]
@@ -169,12 +171,16 @@ def label(mode: str, codes: dict, dataset, batches: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--structures", type=int, default=200)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--poll", type=float, default=1.0, help="the computer's minimum job poll interval, s")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}"
+    )
     args = parser.parse_args(argv)
     if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
         raise SystemExit("no SLURM here: run `sudo bash scripts/cluster.sh --services-only` first")
@@ -198,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
         f"\n{args.structures} NH3 GFN2-xTB single points on the local one-node SLURM (2 CPUs), poll {args.poll:g} s;"
         f" best / median of {args.repeats}"
     )
-    print(f"{'mode':8s} {'jobs':>5s} {'wall s':>15s} {'queue sum s':>17s} {'queue max s':>15s} {'alloc sum s':>15s}")
+    print(
+        f"{'mode':8s} {'jobs':>5s} {'wall s':>15s} {'queue sum s':>17s} {'queue max s':>15s} {'alloc sum s':>15s}"
+    )
     for mode, rows in results.items():
 
         def cell(key: str, rows=rows) -> str:

@@ -40,6 +40,9 @@ class AseCalculation(MlpesRunCalculation):
     PROGRAM: ClassVar[str] = "ase"
     INPUT_STRUCTURES: ClassVar[str] = "structures.h5"
     RETRIEVE_TEMPORARY: ClassVar[list[str]] = [OUTPUT, PROGRESS]
+    #: labels are bitwise reproducible only single-threaded (core.threads.REFERENCE_THREADS): more threads only
+    #: through the `threads` input, never implicitly from the resources
+    THREADS_FROM_RESOURCES: ClassVar[bool] = False
 
     @classmethod
     def define(cls, spec) -> None:

@@ -47,6 +47,9 @@ class MlpesRunCalculation(CalcJob):
     RETRIEVE_TEMPORARY: ClassVar[list[str]] = []
     #: Small output files kept in ``retrieved`` (plots, logs, CSVs).
     RETRIEVE: ClassVar[list[str]] = []
+    #: Without a ``threads`` input, run the task on the cores of the job's resources (False: leave it to the
+    #: task's own default).
+    THREADS_FROM_RESOURCES: ClassVar[bool] = True
 
     @classmethod
     def define(cls, spec) -> None:
@@ -65,7 +68,7 @@ class MlpesRunCalculation(CalcJob):
             required=False,
             help="Threads for torch, OpenMP and BLAS inside the task (and the programs it runs); default: the "
             "cores of the job's resources on its machine (num_mpiprocs_per_machine x num_cores_per_mpiproc, "
-            "or num_cores_per_machine).",
+            "or num_cores_per_machine); mlpes.ase labelling stays single-threaded unless this is given.",
         )
         spec.exit_code(
             300,
@@ -95,7 +98,10 @@ class MlpesRunCalculation(CalcJob):
         settings = self.write_task_inputs(folder)
         # the task runs on exactly the cores the job was given: torch threads and OMP_NUM_THREADS (inherited by
         # the programs it starts); without it a job without --cpus-per-task would use every core of its node
-        settings["threads"] = self.inputs.threads.value if "threads" in self.inputs else self.job_cores()
+        if "threads" in self.inputs:
+            settings["threads"] = self.inputs.threads.value
+        elif self.THREADS_FROM_RESOURCES:
+            settings["threads"] = self.job_cores()
         folder.create_file_from_filelike(
             io.StringIO(json.dumps(settings, indent=2, sort_keys=True)), self.INPUT_FILE, mode="w"
         )

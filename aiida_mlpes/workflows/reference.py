@@ -243,7 +243,9 @@ class ReferenceBaseWorkChain(BaseRestartWorkChain):
                     self.ctx.fix_level[key] += 1
             if common.NOT_STARTED in str(failure.get("message", "")):
                 # the program is missing or cannot run on the computer: another job would fail the same way
-                self.ctx.attempts[key] = max(self.ctx.attempts[key], self.inputs.max_structure_retries.value + 1)
+                self.ctx.attempts[key] = max(
+                    self.ctx.attempts[key], self.inputs.max_structure_retries.value + 1
+                )
             if self.ctx.attempts[key] > self.inputs.max_structure_retries.value:
                 self.ctx.excluded[key] = {**failure, "attempts": self.ctx.attempts[key]}
                 self.report(

@@ -99,3 +99,24 @@ def test_the_runner_gives_programs_it_starts_the_tasks_threads(tmp_path, monkeyp
         torch.set_num_threads(previous)
     assert "OMP_NUM_THREADS=3" in (tmp_path / "env.out").read_text().splitlines()
     assert os.environ["OMP_NUM_THREADS"] == "3"
+
+
+def test_ase_labelling_stays_single_threaded_unless_asked(aiida_code_installed):
+    """mlpes.ase: reproducible labels need one thread, so its resources do not set threads; `threads` does."""
+    from aiida_mlpes.calculations.ase import AseCalculation
+    from tests.conftest import make_arrays
+
+    code = aiida_code_installed(filepath_executable="/bin/true", default_calc_job_plugin="mlpes.ase")
+    structures = PESDataset.from_arrays(make_arrays(2, labelled=False)).store()
+    for threads, expected in ((None, None), (2, 2)):
+        builder = AseCalculation.get_builder()
+        builder.code, builder.structures = code, structures
+        builder.parameters = orm.Dict({"calculator": "tblite", "method": "GFN2-xTB"})
+        builder.metadata.options.resources = {"num_machines": 1, "num_mpiprocs_per_machine": 4}
+        if threads is not None:
+            builder.threads = orm.Int(threads)
+        process = AseCalculation(inputs=dict(builder._inputs(prune=True)))
+        with SandboxFolder() as folder:
+            process.prepare_for_submission(folder)
+            settings = json.loads(Path(folder.get_abs_path("input.json")).read_text())
+        assert settings.get("threads") == expected
