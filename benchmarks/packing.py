@@ -64,6 +64,8 @@ def setup_codes(poll: float, workdir: Path) -> dict:
     """Computer ``slurm-ssh`` (core.ssh_async + core.slurm) and the codes xtb and aiida-mlpes-run on it."""
     from aiida import orm
 
+    # made beforehand: hundreds of concurrent uploads racing to create it fail once and wait 20 s to retry
+    workdir.mkdir(parents=True, exist_ok=True)
     computer = orm.Computer(
         label="slurm-ssh",
         hostname="localhost",
