@@ -1,7 +1,7 @@
 """Packing many small reference jobs into few SLURM allocations: what it saves in queue time and wall time.
 
     sudo bash scripts/cluster.sh --services-only           # the local one-node SLURM + sshd (docs/cluster.md)
-    .venv/bin/python benchmarks/packing.py [--structures 200] [--batches 4] [--repeats 1] [--poll 1]
+    .venv/bin/python benchmarks/packing.py [--structures 60] [--batches 4] [--repeats 1] [--poll 1]
 
 Labels the same ``--structures`` displaced NH3 geometries with GFN2-xTB (the ``xtb`` executable) through a
 ``ReferenceWorkChain`` on the SLURM computer over SSH, three ways:
@@ -54,8 +54,9 @@ def make_profile(folder: Path):
         email="bench@localhost",
     )
     config.set_option("logging.aiida_loglevel", "WARNING", scope="packing")
-    # no broker: a work chain learns that its children ended by polling them (default every 60 s)
-    config.set_option("runner.poll.interval", 1, scope="packing")
+    # no broker: a work chain learns that its children ended by polling them (default every 60 s); every
+    # waiting process polls, so with hundreds of jobs a short interval starves the engine itself
+    config.set_option("runner.poll.interval", 5, scope="packing")
     config.store()
     return load_profile("packing", allow_switch=True)
 
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--structures", type=int, default=200)
+    parser.add_argument("--structures", type=int, default=60)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--poll", type=float, default=1.0, help="the computer's minimum job poll interval, s")
@@ -202,9 +203,10 @@ def main(argv: list[str] | None = None) -> None:
                 results[mode].append(figures)
                 print(f"repeat {repeat + 1} {mode}: {figures}", flush=True)
 
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()
     print(
-        f"\n{args.structures} NH3 GFN2-xTB single points on the local one-node SLURM (2 CPUs), poll {args.poll:g} s;"
-        f" best / median of {args.repeats}"
+        f"\n{args.structures} NH3 GFN2-xTB single points on SLURM ({'+'.join(cpus)} CPUs), job poll "
+        f"{args.poll:g} s; best / median of {args.repeats}"
     )
     print(
         f"{'mode':8s} {'jobs':>5s} {'wall s':>15s} {'queue sum s':>17s} {'queue max s':>15s} {'alloc sum s':>15s}"
