@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from roofline import breakdown, molecule_batch
+from roofline import breakdown, molecule_batch, training_step_breakdown
 from train import nh3_data
 
 from aiida_mlpes.core.calculator import MLPESCalculator
@@ -169,6 +169,20 @@ def main() -> None:
         one = epoch_times(arrays, split, config, 1, args.epochs, args.threads)
         many = epoch_times(arrays, split, config, K, args.epochs, args.threads)
         line("training per epoch (80 NH3)", one, many, TARGETS["train"], "s")
+        from aiida_mlpes.core.models.batch import collate
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            model = build_model(config)
+            step = training_step_breakdown(model, collate(arrays, split["train"][:32], dtype=model.dtype))
+        finally:
+            torch.set_num_threads(previous)
+        floor = K * (step["gemm_s"] + step["activation_s"]) / step["cpu_s"]
+        print(
+            f"{'':30s} floor: {K} x one model's matrix products + activations of a training step = "
+            f"{floor:.2f}x one model's step (optimizer and EMA not included)"
+        )
 
     models = members(config)
     committee = Committee.from_members(models)

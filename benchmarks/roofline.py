@@ -78,8 +78,7 @@ def _replay(events: list[tuple[str, list]], dtype: torch.dtype, repeats: int = 3
 
 
 def breakdown(model, batch: dict[str, torch.Tensor], forces: bool, repeats: int = 5) -> dict[str, float]:
-    """Best CPU seconds per call; the matrix products and activations of one call (recorded by the
-    profiler with their shapes) replayed alone on random tensors (best CPU seconds); their FLOPs."""
+    """:func:`call_breakdown` of one model call (energies only in inference mode, or energies and forces)."""
 
     def call() -> None:
         if forces:
@@ -88,6 +87,25 @@ def breakdown(model, batch: dict[str, torch.Tensor], forces: bool, repeats: int 
             with torch.inference_mode():
                 model(batch, compute_forces=False)
 
+    return call_breakdown(call, model.dtype, repeats)
+
+
+def training_step_breakdown(model, batch: dict[str, torch.Tensor], repeats: int = 5) -> dict[str, float]:
+    """:func:`call_breakdown` of one training step: energies and forces with ``create_graph``, a squared
+    error loss on both, and its backward to the parameters (the optimizer step is not included)."""
+
+    def call() -> None:
+        out = model(batch, compute_forces=True, create_graph=True)
+        loss = out["energy"].square().mean() + out["forces"].square().mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return call_breakdown(call, model.dtype, repeats)
+
+
+def call_breakdown(call, dtype: torch.dtype, repeats: int = 5) -> dict[str, float]:
+    """Best CPU seconds of ``call()``; its matrix products and activations (recorded by the profiler with
+    their shapes) replayed alone on random tensors (best CPU seconds); their FLOPs."""
     call()
     cpu = []
     for _ in range(repeats):
@@ -105,8 +123,8 @@ def breakdown(model, batch: dict[str, torch.Tensor], forces: bool, repeats: int 
         elif event.name in ACTIVATION:
             activations.append((event.name, shapes))
     with torch.inference_mode():
-        gemm_s = _replay(gemms, model.dtype)
-        activation_s = _replay(activations, model.dtype)
+        gemm_s = _replay(gemms, dtype)
+        activation_s = _replay(activations, dtype)
     return {"cpu_s": min(cpu), "gemm_s": gemm_s, "activation_s": activation_s, "gemm_flop": flops}
 
 
