@@ -28,6 +28,7 @@ import torch
 from ase.data import atomic_masses
 
 from .models.export import UNITS, load_exported
+from .threads import default_threads, threads_for, torch_threads
 from .units import KJ_PER_MOL
 
 #: the CustomExternalForce energy: model energy share plus the first-order change from the expansion point
@@ -164,27 +165,40 @@ def run_nve(
     masses: np.ndarray | None = None,
     seed: int = 0,
     platform: str = "Reference",
+    velocities: np.ndarray | None = None,
+    threads: int | None = None,
 ) -> NVETrajectory:
-    """NVE molecular dynamics in OpenMM (VerletIntegrator) on the exported model.
+    """NVE molecular dynamics in OpenMM (VerletIntegrator, a leapfrog) on the exported model.
 
-    Starts at ``positions`` (N, 3) Angstrom with Maxwell-Boltzmann velocities for ``temperature`` (K, OpenMM's
-    ``setVelocitiesToTemperature`` with ``seed``), runs ``n_steps`` steps of ``timestep_fs`` fs and records
-    the potential and kinetic energy (eV) every ``report_every`` steps.
+    Starts at ``positions`` (N, 3) Angstrom with ``velocities`` (N, 3) Angstrom/fs, OpenMM's leapfrog
+    velocities half a step before the start, or else Maxwell-Boltzmann velocities for ``temperature`` (K,
+    OpenMM's ``setVelocitiesToTemperature`` with ``seed``); runs ``n_steps`` steps of ``timestep_fs`` fs and
+    records the potential and kinetic energy (eV) every ``report_every`` steps. ``threads``: torch threads
+    for the model (default: one per 512 atoms, core/threads.py; more only slow a small molecule down).
     """
     if n_steps < 1 or report_every < 1:
         raise ValueError(f"n_steps and report_every must be >= 1, got {n_steps}, {report_every}")
     context, model_force = create_context(module, positions, timestep_fs, masses, platform)
-    context.setVelocitiesToTemperature(float(temperature), int(seed))
+    if velocities is None:
+        context.setVelocitiesToTemperature(float(temperature), int(seed))
+    else:
+        velocities = np.asarray(velocities, dtype=np.float64)
+        if velocities.shape != (model_force.n_atoms, 3):
+            raise ValueError(f"velocities must have shape ({model_force.n_atoms}, 3), got {velocities.shape}")
+        context.setVelocities(velocities * 100.0)  # Angstrom/fs -> nm/ps
     integrator = context.getIntegrator()
+    if threads is None:
+        threads = threads_for(model_force.n_atoms, default_threads())
     times, potential, kinetic = [], [], []
-    for step in range(n_steps + 1):
-        if step:
-            integrator.step(1)
-            model_force.update(context)
-        if step % report_every == 0:
-            state = context.getState(getEnergy=True)
-            times.append(step * timestep_fs * 1e-3)
-            potential.append(state.getPotentialEnergy()._value * KJ_PER_MOL)
-            kinetic.append(state.getKineticEnergy()._value * KJ_PER_MOL)
+    with torch_threads(threads):
+        for step in range(n_steps + 1):
+            if step:
+                integrator.step(1)
+                model_force.update(context)
+            if step % report_every == 0:
+                state = context.getState(getEnergy=True)
+                times.append(step * timestep_fs * 1e-3)
+                potential.append(state.getPotentialEnergy()._value * KJ_PER_MOL)
+                kinetic.append(state.getKineticEnergy()._value * KJ_PER_MOL)
     final = context.getState(getPositions=True).getPositions(asNumpy=True)._value * 10.0
     return NVETrajectory(np.array(times), np.array(potential), np.array(kinetic), np.asarray(final))
