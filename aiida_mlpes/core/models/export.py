@@ -47,6 +47,9 @@ class _MoleculeEnergy(nn.Module):
     Calls the model's own forward on a one-molecule batch; a committee's member energies are averaged.
     """
 
+    numbers: torch.Tensor  # buffers
+    charge: torch.Tensor
+
     def __init__(self, model: AtomisticModel | Committee, numbers: torch.Tensor, charge: float) -> None:
         super().__init__()
         self.model = model
@@ -88,6 +91,7 @@ class ExportedPotential(nn.Module):
         self.length_to_angstrom = float(length)
         self.energy_from_ev = float(energy_factor)
         self.dtype = dtype
+        self.n_atoms = len(numbers)
         self.register_buffer("atomic_numbers", numbers.clone())
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +99,7 @@ class ExportedPotential(nn.Module):
 
         Forces come from autograd, so do not call it under ``torch.no_grad()``.
         """
-        if positions.dim() != 2 or positions.shape[0] != self.atomic_numbers.shape[0] or positions.shape[1] != 3:
+        if positions.dim() != 2 or positions.shape[0] != self.n_atoms or positions.shape[1] != 3:
             raise ValueError("positions must have shape (n_atoms, 3) for the exported molecule")
         x = positions.detach().to(self.dtype).requires_grad_(True)
         energy = self.energy(x * self.length_to_angstrom)
