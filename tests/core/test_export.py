@@ -62,6 +62,7 @@ def test_export_matches_calculator(kind, name):
     for atoms in images:
         atoms.calc = calc
         energy, forces = module(torch.as_tensor(atoms.positions))
+        assert not energy.requires_grad and not forces.requires_grad  # plain results, call after call
         reference = atoms.get_forces()
         assert np.abs(reference).max() > 0.05  # forces that matter, so the comparison can fail
         assert float(energy) == pytest.approx(atoms.get_potential_energy(), abs=1e-8)
