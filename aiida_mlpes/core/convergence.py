@@ -105,6 +105,12 @@ class LoopSettings(BaseModel):
         description="Fresh geometries per iteration from the final DMC population and MD on the model; "
         "they test the model before it trains on them.",
     )
+    sample_transition_state: bool = Field(
+        default=True,
+        description="With a ts_structure, the initial sampling also samples around the transition state (a "
+        "sampler that optimizes first optimizes it to the saddle point), so the barrier region is in the data "
+        "from the start.",
+    )
     hole_min_distance: float = Field(
         default=0.3,
         gt=0,

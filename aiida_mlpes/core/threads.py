@@ -20,6 +20,14 @@ import torch
 ATOMS_PER_THREAD = 512
 
 
+#: OpenMP threads of an in-process quantum-chemistry program (tblite, PySCF, any ASE calculator) when a task's
+#: settings give no ``threads``. Their multithreaded reductions are not bitwise reproducible: tblite's GFN2-xTB
+#: forces on one CH3OH structure took 12-14 different values in 20 calls with 2 threads, one value with 1
+#: (measured). Labels that differ in the last bits train different models, so a seeded loop would not repeat.
+#: Small molecules lose little; a task's ``threads`` setting trades reproducibility for speed.
+REFERENCE_THREADS = 1
+
+
 def job_cores() -> int:
     """CPU cores this process is given: ``OMP_NUM_THREADS``, else ``SLURM_CPUS_PER_TASK``, else the size of
     the CPU affinity mask (``os.sched_getaffinity``), else ``os.cpu_count()``."""

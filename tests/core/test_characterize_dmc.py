@@ -258,6 +258,34 @@ def test_uncertainty_holes_from_third_value_or_callable():
         run_dmc(trap, [1], np.zeros((1, 3)), **kwargs)
 
 
+def test_relative_uncertainty_spares_walkers_high_up_the_wall():
+    """A committee whose spread is 8% of the height above the minimum: with an absolute threshold alone, walkers
+    up the wall are holes; a relative part of 10% spares them all, and one of 5% flags exactly those whose spread
+    exceeds threshold + 5% of their height."""
+    trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
+
+    def proportional(positions):
+        e, f = trap(positions)
+        return e, f, 0.08 * e
+
+    kwargs = {"nwalkers": 300, "nsteps": 150, "eqsteps": 10, "seed": 5, "uncertainty_threshold": 0.005}
+    absolute = run_dmc(proportional, [1], np.zeros((1, 3)), **kwargs)
+    spared = run_dmc(proportional, [1], np.zeros((1, 3)), uncertainty_relative=0.1, **kwargs)
+    assert absolute.n_holes > 50 and set(absolute.hole_reasons) == {"uncertainty"}
+    assert spared.n_holes == 0
+    some = run_dmc(
+        proportional,
+        [1],
+        np.zeros((1, 3)),
+        uncertainty_relative=0.05,
+        **{**kwargs, "uncertainty_threshold": 0.0002},
+    )
+    assert 0 < some.n_holes < absolute.n_holes
+    assert np.all(0.08 * some.hole_energies > 0.0002 + 0.05 * some.hole_energies)
+    with pytest.raises(ValueError, match="uncertainty_relative must be in"):
+        run_dmc(proportional, [1], np.zeros((1, 3)), uncertainty_relative=-0.1, **kwargs)
+
+
 def test_non_finite_energies_are_holes():
     trap = HarmonicTrap(np.zeros((1, 3)), 30.0)
 

@@ -180,3 +180,37 @@ def test_runner_task_rejects_bad_input(nh3_batch, tmp_path):
 def test_units_bohr_hartree_sanity():
     """The conversions used by all parsers: 1 Eh/bohr = 51.42 eV/Angstrom."""
     assert pytest.approx(51.422, abs=1e-3) == HARTREE / BOHR
+
+
+def test_labels_repeat_bitwise_on_a_multicore_job(tmp_path):
+    """Two runs of the reference task on a job given 2 cores label bitwise alike: multithreaded tblite would
+    not (its OpenMP reductions differ in the last bits from call to call), so the task runs it on one thread
+    unless `threads` is set, and a seeded loop repeats."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("tblite")
+    rng = np.random.default_rng(1)
+    images = []
+    for _ in range(20):
+        atoms = molecule("CH3OH")
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        images.append(atoms)
+    settings = {
+        "dataset": "structures.h5",
+        "calculator": {"calculator": "tblite", "method": "GFN2-xTB", "verbosity": 0},
+        "level_of_theory": "GFN2-xTB (tblite)",
+    }
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")}
+    labels = []
+    for run in range(2):
+        folder = tmp_path / f"run{run}"
+        folder.mkdir()
+        write_dataset(folder / "structures.h5", RaggedArrays.from_atoms(images))
+        (folder / "input.json").write_text(json.dumps(settings))
+        command = [sys.executable, "-m", "aiida_mlpes.core.runner", "reference_ase", "input.json"]
+        subprocess.run(command, cwd=folder, env=env, check=True, capture_output=True, timeout=300)
+        arrays = read_arrays(folder / "labelled.h5")
+        labels.append(np.concatenate([arrays.energy, arrays.forces.ravel()]))
+    assert labels[0].tobytes() == labels[1].tobytes()

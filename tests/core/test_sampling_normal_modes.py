@@ -52,6 +52,64 @@ def test_modes_and_energies_follow_eqs_1_2():
     assert abs(total.var() / var - 1) < 0.1
 
 
+def test_zero_point_scales_each_mode_by_its_quantum():
+    """zero_point: mode i carries energy uniform on [0, 1.5 max(kB T, hbar omega_i)]; soft modes keep kB T."""
+    from aiida_mlpes.core.units import INV_CM
+
+    atoms, calc = harmonic_molecule()
+    temperature, n = 2000.0, 3000
+    kt = KB * temperature
+    result = normal_mode_sampling(atoms, calc, n_samples=n, temperature=temperature, zero_point=True, seed=4)
+    f, k = _coefficients(result)
+    mode_energy = 0.5 * k * f**2
+    scales = np.maximum(kt, np.asarray(FREQUENCIES) * INV_CM)
+    assert scales[0] == kt and scales[-1] > 2.5 * kt  # 1000 cm^-1 stays thermal at 2000 K, 3500 does not
+    for i in range(len(k)):
+        assert stats.kstest(mode_energy[:, i] / (1.5 * scales[i]), "uniform").pvalue > 1e-3
+    assert np.allclose(result.samples.energy, result.sample_data["harmonic_energy"], rtol=1e-7, atol=1e-10)
+
+
+def test_hessian_samples_keep_the_finite_difference_structures():
+    """hessian_samples: the reference and its 6N central-difference structures come first, with the driver's
+    own results (no extra driver call), then the n_samples random ones."""
+    from aiida_mlpes.core.characterize.frequencies import DEFAULT_STEP
+
+    atoms, calc = harmonic_molecule()
+    plain = normal_mode_sampling(atoms.copy(), calc, n_samples=10, temperature=300, seed=2)
+    kept = normal_mode_sampling(
+        atoms.copy(), calc, n_samples=10, temperature=300, seed=2, hessian_samples=True
+    )
+    n = 1 + 6 * len(atoms)
+    assert len(kept) == n + 10 and kept.info["driver_calls"] == plain.info["driver_calls"]
+    np.testing.assert_allclose(kept.samples.positions[-10 * len(atoms) :], plain.samples.positions)
+    moves = kept.samples.positions[: n * len(atoms)].reshape(n, -1) - atoms.positions.reshape(-1)
+    assert np.allclose(moves[0], 0) and np.allclose(np.abs(moves[1:]).max(axis=1), DEFAULT_STEP)
+    np.testing.assert_allclose(
+        kept.samples.energy, kept.sample_data["harmonic_energy"], rtol=1e-6, atol=1e-12
+    )
+
+
+def test_saddle_optimization_samples_around_the_transition_state():
+    """optimize="saddle": a distorted planar NH3 goes to xTB's planar saddle (one imaginary mode, left out by the
+    default frequency range); samples are displaced around it. A bad value is named."""
+    from ase import Atoms
+
+    from aiida_mlpes.core.sampling.drivers import make_driver
+
+    pytest.importorskip("tblite")
+    guess = Atoms("NH3", positions=[(0, 0, 0.05), (1.05, 0, 0), (-0.5, 0.9, 0), (-0.5, -0.85, 0)])
+    result = normal_mode_sampling(
+        guess, make_driver("tblite"), n_samples=20, temperature=500, optimize="saddle", fmax=1e-3, seed=1
+    )
+    info = result.systems[0]
+    assert info["stationary_point"] == "saddle" and info["optimization_converged"]
+    frequencies = np.asarray(info["frequencies"])
+    assert np.sum(frequencies < -100) == 1 and 0 not in info["selected_modes"]
+    assert len(result) == 20
+    with pytest.raises(ValueError, match="optimize must be one of"):
+        normal_mode_sampling(guess, make_driver("tblite"), n_samples=2, temperature=500, optimize="ts")
+
+
 def test_frequency_range_selects_modes_and_energy_replaces_kt():
     atoms, calc = harmonic_molecule()
     by_energy = normal_mode_sampling(

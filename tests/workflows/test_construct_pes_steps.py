@@ -86,6 +86,15 @@ def test_sampling_failure_keeps_the_initial_dataset(workchain):
     assert process.outputs["history"]["iterations"] == []
 
 
+def test_a_failed_transition_state_sampling_is_reported_and_the_loop_goes_on(workchain):
+    process = workchain()
+    samples = labelled(4)
+    process.ctx.sample = finished("aiida.calculations:mlpes.sample", 0, dataset=samples)
+    process.ctx.sample_ts = finished("aiida.calculations:mlpes.sample", 300)
+    assert process.inspect_sampling() is None
+    assert list(process.ctx.samples) == ["sample"] and process.ctx.samples["sample"].uuid == samples.uuid
+
+
 def test_training_failure_in_a_later_iteration_emits_the_last_model_and_the_history(workchain):
     process = workchain()
     model = a_model()
@@ -209,6 +218,10 @@ def _record(k: int) -> orm.Dict:
 
 def test_initial_labelling_failure_keeps_the_initial_dataset(workchain):
     process = workchain()
-    process.ctx.initial_labels = finished("aiida.workflows:mlpes.reference", 402)
+    process.ctx.samples = {"sample": labelled(4), "sample_ts": labelled(4, seed=1)}
+    process.ctx.initial_sample = finished("aiida.workflows:mlpes.reference", 402)
+    process.ctx.initial_sample_ts = finished(
+        "aiida.workflows:mlpes.reference", 0, dataset=labelled(4, seed=2)
+    )
     assert process.add_initial().status == 402
     assert outputs(process) == {"dataset", "history", "convergence_plot"}

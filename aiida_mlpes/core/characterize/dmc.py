@@ -15,7 +15,9 @@ from one ``numpy.random.Generator`` (reproducible from ``seed``), and memory doe
 number of steps (only scalar traces are kept).
 
 Holes: a walker is a hole when its energy is more than ``hole_threshold`` below V(minimum), when the
-model's energy uncertainty exceeds ``uncertainty_threshold`` (ensemble models), or when two atoms are
+model's energy uncertainty exceeds ``uncertainty_threshold + uncertainty_relative * (V - V(minimum))``
+(ensemble models; the relative part spares walkers high up a wall, whose weight in psi_0 is exponentially
+small and where the same absolute spread is a small relative error), or when two atoms are
 closer than ``collapse_factor`` times the sum of their covalent radii while the energy stays less than
 ``collapse_energy`` above V(minimum) (a physical surface puts such geometries tens of eV higher; a rare
 walker that reaches one on a correct surface, a time-step artefact, is left to die by branching), and
@@ -164,6 +166,7 @@ def run_dmc(
     hole_threshold: float | None = DEFAULT_HOLE_THRESHOLD,
     uncertainty: Callable[[np.ndarray], np.ndarray] | None = None,
     uncertainty_threshold: float | None = None,
+    uncertainty_relative: float = 0.0,
     collapse_factor: float = 0.5,
     collapse_energy: float = 5.0,
     max_holes: int = 10_000,
@@ -183,6 +186,8 @@ def run_dmc(
         alpha: population feedback in Eh; default 0.5 / dt.
         hole_threshold: eV below V(minimum) for an energy hole (default 1e-5 Eh); None disables.
         uncertainty, uncertainty_threshold: see the module docstring (eV).
+        uncertainty_relative: the uncertainty threshold grows by this fraction of the walker's energy above
+            V(minimum) (dimensionless; 0: one absolute threshold everywhere).
         collapse_factor: fraction of the sum of covalent radii below which a pair of atoms is collapsed;
             0 disables the check. collapse_energy: eV above V(minimum) below which a collapsed walker
             is a hole.
@@ -221,6 +226,8 @@ def run_dmc(
         raise ValueError(
             "uncertainty_threshold needs a potential returning (energies, forces, std) or an uncertainty callable"
         )
+    if not 0.0 <= uncertainty_relative <= 1.0:
+        raise ValueError(f"uncertainty_relative must be in [0, 1], got {uncertainty_relative}")
     if initial not in ("minimum", "harmonic"):
         raise ValueError(f"initial must be 'minimum' or 'harmonic', got {initial!r}")
     harmonic_zpe = None
@@ -268,15 +275,17 @@ def run_dmc(
         bad = ~np.isfinite(v)
         if threshold_au is not None:
             bad |= v < v_min_au - threshold_au
+        std_limit = None
         if uncertainty_threshold is not None and std is not None:
-            bad |= std > uncertainty_threshold
+            std_limit = uncertainty_threshold + uncertainty_relative * np.maximum(v - v_min_au, 0.0) * HARTREE
+            bad |= std > std_limit
         if check_collapse:
             diff = cart[:, pair_i] - cart[:, pair_j]
             collapsed = np.any(np.einsum("wpk,wpk->wp", diff, diff) < bound2, axis=1)
             bad |= collapsed & (v < collapse_ceiling)
         all_nonfinite = not np.any(np.isfinite(v))
         if bad.any():
-            reasons = hole_reasons(bad, v, v_min_au, threshold_au, std, uncertainty_threshold)
+            reasons = hole_reasons(bad, v, v_min_au, threshold_au, std, std_limit)
             hole_store.add(cart[bad], (v[bad] - v_min_au) * HARTREE, step, reasons)
             keep = ~bad
             walkers, v = walkers[keep], v[keep]

@@ -24,10 +24,11 @@ def hole_reasons(
     v_min: float,
     threshold: float | None,
     std: np.ndarray | None,
-    std_threshold: float | None,
+    std_threshold: float | np.ndarray | None,
 ) -> np.ndarray:
     """The reason of each flagged walker (``bad``): "nonfinite", "energy", "uncertainty" or "collapse" (in
-    that precedence); ``v``, ``v_min`` and ``threshold`` in Eh, ``std`` and ``std_threshold`` in eV."""
+    that precedence); ``v``, ``v_min`` and ``threshold`` in Eh, ``std`` and ``std_threshold`` (one value, or
+    one per walker) in eV."""
     reasons = np.full(len(v), "collapse", dtype=object)
     if std is not None and std_threshold is not None:
         reasons[std > std_threshold] = "uncertainty"

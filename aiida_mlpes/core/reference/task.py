@@ -14,14 +14,14 @@ Writes ``output`` (the successful structures, in input order) and, after every s
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from aiida_mlpes.core.dataset import read_arrays, write_dataset
 from aiida_mlpes.core.reference.ase_driver import label_arrays, records_to_arrays, settings_label
 from aiida_mlpes.core.reference.validation import validate_structures
-from aiida_mlpes.core.runner import TaskError
+from aiida_mlpes.core.runner import TaskError, set_threads
+from aiida_mlpes.core.threads import REFERENCE_THREADS
 
 OUTPUT = "labelled.h5"
 PROGRESS = "progress.jsonl"
@@ -62,8 +62,8 @@ def run_ase_label_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any
         )
     except ValueError as exc:
         raise TaskError(str(exc)) from None
-    if "threads" in settings:
-        os.environ["OMP_NUM_THREADS"] = str(int(settings["threads"]))
+    if not settings.get("threads"):  # else the runner has set them; see REFERENCE_THREADS
+        set_threads(REFERENCE_THREADS)
 
     progress_path = workdir / settings.get("progress", PROGRESS)
     with progress_path.open("w") as progress:

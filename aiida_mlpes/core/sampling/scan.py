@@ -30,6 +30,7 @@ from aiida_mlpes.core.sampling.normal_modes import (
     DEFAULT_FREQUENCY_RANGE,
     Reference,
     check_mode_settings,
+    check_optimize,
     prepare_reference,
 )
 from aiida_mlpes.core.sampling.results import DriverError, SampleCollector, SampleResult
@@ -63,7 +64,7 @@ def normal_mode_scan(
     frequency_range: Sequence[float | None] | None = DEFAULT_FREQUENCY_RANGE,
     include_reference: bool = True,
     step: float = DEFAULT_STEP,
-    optimize: bool = False,
+    optimize: bool | str = False,
     fmax: float = 0.01,
     seed: int | None = None,
 ) -> SampleResult:
@@ -85,7 +86,7 @@ def normal_mode_scan(
     s = {
         **check_scan_settings(energy_step, energy_limit, nmax, max_multiplier),
         **check_mode_settings(frequency_range, step, fmax),
-        "optimize": bool(optimize),
+        "optimize": check_optimize(optimize),
         "include_reference": bool(include_reference),
     }
     systems = as_systems(systems)

@@ -39,6 +39,7 @@ from aiida_mlpes.core.sampling.md import check_md_settings, high_friction_md, la
 from aiida_mlpes.core.sampling.metadynamics import check_metadynamics_settings, metadynamics
 from aiida_mlpes.core.sampling.normal_modes import (
     check_mode_settings,
+    check_optimize,
     check_sampling_settings,
     normal_mode_sampling,
 )
@@ -82,6 +83,7 @@ def _check_values(sampler: str, p: dict[str, Any], n_atoms: Sequence[int] | None
         check_mc_settings(**p)
     if sampler in ("normal_mode_sampling", "normal_mode_scan"):
         check_mode_settings(p["frequency_range"], p["step"], p["fmax"])
+        check_optimize(p["optimize"])
     if sampler == "normal_mode_sampling":
         check_sampling_settings(p["n_samples"], p["temperature"], p["energy"])
     if sampler == "normal_mode_scan":
@@ -146,7 +148,8 @@ def run_sample_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
     from ase.io import read
 
     from aiida_mlpes.core.dataset import write_dataset
-    from aiida_mlpes.core.runner import TaskError
+    from aiida_mlpes.core.runner import TaskError, set_threads
+    from aiida_mlpes.core.threads import REFERENCE_THREADS
 
     workdir = Path(workdir)
     path = workdir / settings.get("structures", "structures.xyz")
@@ -161,6 +164,10 @@ def run_sample_task(settings: dict[str, Any], workdir: Path) -> dict[str, Any]:
     driver_parameters = dict(driver_spec.get("parameters", {}))
     if driver_spec["name"] == "mlpes" and isinstance(driver_parameters.get("model"), str):
         driver_parameters["model"] = str(workdir / driver_parameters["model"])
+    if driver_spec["name"] != "mlpes" and not settings.get("threads"):
+        set_threads(
+            REFERENCE_THREADS
+        )  # a quantum-chemistry driver: reproducible labels (see REFERENCE_THREADS)
     driver = make_driver(driver_spec["name"], **driver_parameters)
     sampler = SAMPLERS[settings["sampler"]]
     handler = logging.StreamHandler(sys.stdout)  # progress lines go to the job's output file
