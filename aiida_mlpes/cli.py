@@ -18,6 +18,7 @@ import click
 
 from aiida_mlpes.build_report import report
 from aiida_mlpes.cli_build import build
+from aiida_mlpes.cli_export import torchscript_options, write_torchscript
 
 DEFAULT_PROFILE = "mlpes"
 COMPUTER = "localhost"
@@ -319,13 +320,17 @@ def model_show(identifier: str, profile) -> None:
 @click.argument("identifier")
 @click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@torchscript_options
 @profile_option
-def model_export(identifier: str, output: Path, force: bool, profile) -> None:
-    """Write the model file of a PESModel to OUTPUT (read it with aiida_mlpes.core.models.load_model)."""
+def model_export(identifier, output: Path, force, torchscript, molecule, units, charge, profile) -> None:
+    """Write the model file of a PESModel to OUTPUT (read it with aiida_mlpes.core.models.load_model), or
+    with --torchscript a module that runs with torch alone (docs/openmm.md)."""
     _load(profile)
     node = _get_model(identifier)
     if output.exists() and not force:
         raise click.ClickException(f"{output} exists (use --force to overwrite)")
+    if torchscript:
+        return click.echo(write_torchscript(node, output, molecule, units, charge))
     with node.as_path() as path:
         shutil.copyfile(path, output)
     click.echo(f"Wrote PESModel<{node.pk}> ({node.architecture}, {','.join(node.elements)}) to {output}")

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from roofline import breakdown, molecule_batch, training_step_breakdown
 from train import nh3_data
 
 from aiida_mlpes.core.calculator import MLPESCalculator
@@ -128,6 +129,18 @@ def line(
     )
 
 
+def committee_floor(model, positions: np.ndarray, forces: bool) -> float:
+    """Lowest possible committee / one-model cost ratio: K times the matrix products and activations of one
+    model's call (replayed alone, ``roofline.py``; they scale with the members) over that call's CPU time."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = breakdown(model, molecule_batch(NUMBERS, positions, model.dtype), forces)
+    finally:
+        torch.set_num_threads(previous)
+    return K * (out["gemm_s"] + out["activation_s"]) / out["cpu_s"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,6 +169,20 @@ def main() -> None:
         one = epoch_times(arrays, split, config, 1, args.epochs, args.threads)
         many = epoch_times(arrays, split, config, K, args.epochs, args.threads)
         line("training per epoch (80 NH3)", one, many, TARGETS["train"], "s")
+        from aiida_mlpes.core.models.batch import collate
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            model = build_model(config)
+            step = training_step_breakdown(model, collate(arrays, split["train"][:32], dtype=model.dtype))
+        finally:
+            torch.set_num_threads(previous)
+        floor = K * (step["gemm_s"] + step["activation_s"]) / step["cpu_s"]
+        print(
+            f"{'':30s} floor: {K} x one model's matrix products + activations of a training step = "
+            f"{floor:.2f}x one model's step (optimizer and EMA not included)"
+        )
 
     models = members(config)
     committee = Committee.from_members(models)
@@ -165,6 +192,11 @@ def main() -> None:
     one = timed(lambda: one_pot.evaluate(positions), args.repeats)
     many = timed(lambda: many_pot.evaluate(positions), args.repeats)
     line("energy+forces, 1000 NH3", one, many, TARGETS["energy_forces"], "s")
+    floors = {forces: committee_floor(models[0], positions, forces) for forces in (True, False)}
+    print(
+        f"{'':30s} floor: {K} x one model's matrix products + activations = {floors[True]:.2f}x one model's "
+        f"energy+forces and {floors[False]:.2f}x its energies (DMC); a target below the floor is out of reach"
+    )
     committee.strategy = "vmap"
     vmapped = timed(lambda: many_pot.evaluate(positions), args.repeats)
     committee.strategy = "grouped"

@@ -7,6 +7,9 @@ layer makes the surface flat, so the population stays at its target), evaluated 
 the DMC loop's own overhead on a cheap analytic potential, and peak memory (resident set size) after runs
 of different lengths to show that memory does not grow with nsteps.
 
+After each size, ``roofline.py`` replays the matrix products and activations of one energy call on 1,000
+NH3 alone (1 thread): the ceiling they set, times the cores, shows whether the target is reachable at all.
+
 Each figure is printed beside its target (issue 11) and Asparagus's figure measured side by side on this
 machine kind (shared/REFERENCE_NUMBERS.md). "n thread(s)" rows call ``torch.set_num_threads(n)``; the
 potential's thread rule (core/threads.py) uses at most that many, and the count it uses is printed.
@@ -26,6 +29,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import resource
+import sys
 import tempfile
 import time
 import warnings
@@ -33,6 +37,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from roofline import report as roofline_report
 
 from aiida_mlpes.core.characterize.analytic import HarmonicTrap
 from aiida_mlpes.core.characterize.dmc import run_dmc
@@ -139,6 +147,14 @@ def main() -> None:
                 if nwalkers == 1000:
                     summary.append((name, threads, best, target))
         torch.set_num_threads(previous)
+        ceiling = roofline_report(f"PhysNet {name}", model.eval(), NUMBERS, NH3, 1000, forces=False)
+        cores = max(args.threads)
+        limit = cores * 1000 / (ceiling["gemm_s"] + ceiling["activation_s"])
+        print(
+            f"{'':4s}with {cores} core(s) and perfect scaling: at most {limit:,.0f} walker-steps/s from the "
+            f"matrix products and activations alone (target {target:,}: "
+            f"{'within' if limit >= target else 'ABOVE'} this ceiling)"
+        )
         for nsteps in (args.steps, 2 * args.steps):
             run(potential, args.walkers[-1], nsteps, f"PhysNet {name} (memory vs steps)")
     print("\nsummary at 1,000 walkers (best wall-clock walker-steps/s vs target):")

@@ -118,6 +118,37 @@ def time_epochs(arrays, split, model_config, epochs: int, threads: int | None) -
     return (long[0] - short[0]) / epochs, (long[1] - short[1]) / epochs
 
 
+def print_training_ceiling(arrays, split, model_config, batch_size: int = 32) -> None:
+    """The matrix products and activations of one training step on ``batch_size`` structures replayed
+    alone (``roofline.py``, 1 thread), scaled to the training set: no code around the network beats it."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from roofline import training_step_breakdown
+
+    from aiida_mlpes.core.models import build_model
+    from aiida_mlpes.core.models.batch import collate
+
+    model = build_model(model_config)
+    batch = collate(arrays, split["train"][:batch_size], dtype=model.dtype)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = training_step_breakdown(model, batch)
+    finally:
+        torch.set_num_threads(previous)
+    steps = len(split["train"]) / batch_size
+    print(
+        f"{'':28s} one step of {batch_size} structures, 1 thread: {out['cpu_s'] * 1e3:.1f} ms CPU, of which "
+        f"matrix products {out['gemm_s'] * 1e3:.1f} ms and activations {out['activation_s'] * 1e3:.1f} ms when "
+        f"replayed alone; per epoch ({steps:.2f} steps) at least {steps * out['gemm_s']:.3f} s (matrix "
+        f"products) / {steps * (out['gemm_s'] + out['activation_s']):.3f} s (plus activations) on one core",
+        flush=True,
+    )
+
+
 def train_budget(arrays, split, model_config, budget: float, threads: int | None, overrides: dict) -> dict:
     """Train for ``budget`` seconds; return test metrics of the best model and the epochs run."""
     from aiida_mlpes.core.evaluation import evaluate_model
@@ -209,6 +240,8 @@ def main() -> None:
             verdict = "met" if best <= TARGET_S_PER_EPOCH else "MISSED"
             line += f"; target <= {TARGET_S_PER_EPOCH:.3f} s (6x): {verdict}"
         print(line, flush=True)
+        if name == "PhysNet 128/64/5 float32":
+            print_training_ceiling(arrays, split, config)
     if args.skip_budget:
         return
     target = ASPARAGUS["mae_300_epochs"]

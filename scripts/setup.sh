@@ -41,7 +41,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   if [ "$TORCH_REQ" != "skip" ]; then "${PIP[@]}" install "$TORCH_REQ"; fi
 fi
-"${PIP[@]}" install -e "$ROOT[xtb,pyscf,d3,dev,docs]" 2>&1 | grep -v "^WARNING: Location" || true
+"${PIP[@]}" install -e "$ROOT[xtb,pyscf,d3,openmm,dev,docs]" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import aiida_mlpes, torch, aiida; print('aiida-mlpes', aiida_mlpes.__version__, '| torch', torch.__version__, '| aiida-core', aiida.__version__)"
 
 step "AiiDA profile '$PROFILE', computer and codes (AIIDA_PATH=$AIIDA_PATH)"

@@ -303,3 +303,37 @@ def test_build_runs_the_loop_and_reports(codes, tmp_path, monkeypatch):
     assert again.exit_code == 0, again.output
     assert status in again.output and "iteration 1/2 done in" in again.output
     assert next(line for line in again.output.splitlines() if line.startswith("  model ")) == model
+
+
+@pytest.mark.slow
+def test_build_runs_the_nh3_demo_on_the_fast_protocol(codes, tmp_path, monkeypatch):
+    """The README demo through the CLI: NH3 with its planar TS guess, GFN2-xTB (tblite), protocol fast as it
+    is except for one iteration (the demo's full run is CI's first command). Every stage runs for real:
+    sampling around the minimum and the TS, labelling, a committee, characterization with TS and DMC,
+    validation against the reference, the report."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "nh3.xyz", molecule("NH3"))
+    planar = Atoms("NH3", positions=[(0, 0, 0), (1.0, 0, 0), (-0.5, 0.866, 0), (-0.5, -0.866, 0)])
+    write(tmp_path / "planar.xyz", planar)
+    (tmp_path / "one.yaml").write_text(
+        yaml.safe_dump({"settings": {"max_iterations": 1, "min_iterations": 1}})
+    )
+    args = ["nh3.xyz", "--ts", "planar.xyz", "--reference", "tblite", "--protocol", "fast"]
+    result = build(*args, "--overrides", "one.yaml")
+    out = result.output
+    print(out)  # shown when an assertion fails
+    assert "Traceback" not in out, out
+    assert "sampling structures around the molecule and the transition state" in out
+    assert "| iteration 1/1] iteration 1: training a committee of 3" in out
+    status = next(line for line in out.splitlines() if line.startswith("ConstructPESWorkChain<"))
+    assert "exit status 0" in status or "exit status 410" in status, out
+    model = next(line for line in out.splitlines() if line.startswith("  model ")).split()[1:]
+    reference = next(line for line in out.splitlines() if line.startswith("  reference ")).split()[1:]
+    assert len(model) == len(reference) == 6  # NH3: 3N - 6 modes, the model's beside GFN2-xTB's
+    # one iteration of the fast protocol already puts each within 5% of the reference (umbrella ~1160 cm^-1)
+    for ours, theirs in zip(model, reference, strict=True):
+        assert abs(float(ours) / float(theirs) - 1) < 0.05, (model, reference)
+    barrier = next(line for line in out.splitlines() if line.startswith("Barrier: model "))
+    model_barrier = float(barrier.split()[2])
+    assert 0.15 < model_barrier < 0.4, barrier  # GFN2-xTB's inversion barrier is 0.265 eV
+    assert "Convergence plot: nh3_convergence.png" in out

@@ -127,6 +127,50 @@ def test_model_export(graph, tmp_path):
     assert_ok(invoke("model", "export", str(graph["model"]), str(target), "--force"))
 
 
+def test_model_export_torchscript(graph, tmp_path):
+    """--torchscript: the molecule from the training data by default, or from --molecule; OpenMM units."""
+    import torch
+
+    from aiida_mlpes.core.calculator import MLPESCalculator
+    from aiida_mlpes.core.models.export import load_exported
+
+    model_file = tmp_path / "model.pt"
+    assert_ok(invoke("model", "export", str(graph["model"]), str(model_file)))
+    target = tmp_path / "nh3.pt"
+    out = assert_ok(invoke("model", "export", str(graph["model"]), str(target), "--torchscript"))
+    assert "TorchScript for H3N" in out and "eV/Angstrom" in out
+    atoms = molecule("NH3")
+    atoms.positions[0] += 0.05
+    atoms.calc = MLPESCalculator(model_file)
+    energy, forces = load_exported(target)(torch.as_tensor(atoms.positions))
+    assert float(energy) == pytest.approx(atoms.get_potential_energy(), abs=1e-4)  # float32 model
+    assert np.abs(forces.numpy() - atoms.get_forces()).max() < 1e-3
+
+    xyz = tmp_path / "nh3.xyz"
+    write(xyz, molecule("NH3"))
+    openmm_file = tmp_path / "nh3_openmm.pt"
+    args = ["--torchscript", "--molecule", str(xyz), "--units", "openmm"]
+    out = assert_ok(invoke("model", "export", str(graph["model"]), str(openmm_file), *args))
+    assert "kJ/mol" in out and load_exported(openmm_file).units == "openmm"
+
+    water = tmp_path / "water.xyz"
+    write(water, molecule("H2O"))
+    bad = invoke(
+        "model",
+        "export",
+        str(graph["model"]),
+        str(tmp_path / "w.pt"),
+        "--torchscript",
+        "--molecule",
+        str(water),
+    )
+    assert_one_line_error(bad, "O (Z=8)", "training elements")
+    imported = invoke(
+        "model", "export", str(graph["imported_model"]), str(tmp_path / "i.pt"), "--torchscript"
+    )
+    assert_one_line_error(imported, "no training dataset", "--molecule")
+
+
 def test_model_lineage_from_the_provenance_graph(graph):
     out = assert_ok(invoke("model", "lineage", str(graph["model"])))
     assert f"trained by: TrainCalculation<{graph['train']}>" in out and "(finished ok)" in out

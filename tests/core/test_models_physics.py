@@ -150,6 +150,25 @@ def test_vesin_pairs_give_same_result_as_all_pairs(arch):
     np.testing.assert_allclose(sparse["forces"], dense["forces"], atol=1e-10)
 
 
+@pytest.mark.parametrize("n_rbf", [32, 64])
+def test_radial_basis_exponent_floor_changes_nothing_measurable(n_rbf):
+    """The exp-normal basis floors its exponents (layers.EXP_FLOOR, for speed): values and gradients agree
+    with the unfloored formula to 1e-30 over 0.3-8 Angstrom, and some exponents really are floored."""
+    from aiida_mlpes.core.models.layers import EXP_FLOOR, ExpNormalRBF, polynomial_cutoff
+
+    rbf = ExpNormalRBF(n_rbf, 8.0).double()
+    r = torch.linspace(0.3, 8.0, 400, dtype=torch.float64, requires_grad=True)
+    diff = torch.exp(-r).unsqueeze(-1) - rbf.centers
+    exponent = -rbf.widths * diff * diff
+    assert bool((exponent < EXP_FLOOR).any())  # the floor is exercised
+    exact = polynomial_cutoff(r, 8.0).unsqueeze(-1) * torch.exp(exponent)
+    floored = rbf(r)
+    torch.testing.assert_close(floored, exact, rtol=0.0, atol=1e-30)
+    (g_exact,) = torch.autograd.grad(exact.sum(), r)
+    (g_floored,) = torch.autograd.grad(rbf(r).sum(), r)
+    torch.testing.assert_close(g_floored, g_exact, rtol=0.0, atol=1e-30)
+
+
 def test_pair_lists():
     i, j = all_pairs(torch.tensor([3, 1, 2]))
     pairs = set(zip(i.tolist(), j.tolist(), strict=True))

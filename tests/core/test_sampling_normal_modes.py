@@ -69,6 +69,26 @@ def test_zero_point_scales_each_mode_by_its_quantum():
     assert np.allclose(result.samples.energy, result.sample_data["harmonic_energy"], rtol=1e-7, atol=1e-10)
 
 
+def test_hessian_samples_keep_the_finite_difference_structures():
+    """hessian_samples: the reference and its 6N central-difference structures come first, with the driver's
+    own results (no extra driver call), then the n_samples random ones."""
+    from aiida_mlpes.core.characterize.frequencies import DEFAULT_STEP
+
+    atoms, calc = harmonic_molecule()
+    plain = normal_mode_sampling(atoms.copy(), calc, n_samples=10, temperature=300, seed=2)
+    kept = normal_mode_sampling(
+        atoms.copy(), calc, n_samples=10, temperature=300, seed=2, hessian_samples=True
+    )
+    n = 1 + 6 * len(atoms)
+    assert len(kept) == n + 10 and kept.info["driver_calls"] == plain.info["driver_calls"]
+    np.testing.assert_allclose(kept.samples.positions[-10 * len(atoms) :], plain.samples.positions)
+    moves = kept.samples.positions[: n * len(atoms)].reshape(n, -1) - atoms.positions.reshape(-1)
+    assert np.allclose(moves[0], 0) and np.allclose(np.abs(moves[1:]).max(axis=1), DEFAULT_STEP)
+    np.testing.assert_allclose(
+        kept.samples.energy, kept.sample_data["harmonic_energy"], rtol=1e-6, atol=1e-12
+    )
+
+
 def test_saddle_optimization_samples_around_the_transition_state():
     """optimize="saddle": a distorted planar NH3 goes to xTB's planar saddle (one imaginary mode, left out by the
     default frequency range); samples are displaced around it. A bad value is named."""

@@ -19,6 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 LN2 = math.log(2.0)
+#: Lower bound on the exponent of the radial basis: exp(-80) = 1.8e-35, a normal float32 number. PyTorch's
+#: float32 ``exp`` on this machine kind is 10-35x slower for arguments below about -87 (denormal or zero
+#: results), and most exponents of the exp-normal basis lie far below (beta_k ~ (K/2)^2 = 1,024 for K = 64):
+#: measured 10.7 ms against 1.0 ms for 64,000 NH3 pair values x 64 functions. A basis value of 1.8e-35
+#: instead of a smaller one changes no sum it enters (relative 1e-35, far below float64 rounding).
+EXP_FLOOR = -80.0
 
 
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -63,6 +69,7 @@ class ExpNormalRBF(nn.Module):
     """PhysNet radial basis g_k(r) = phi(r) exp(-beta_k (exp(-r) - mu_k)^2), trainable mu and beta.
 
     mu_k are spaced evenly in [exp(-cutoff), 1], beta_k = (2 (1 - exp(-cutoff)) / K)^-2 (Unke & Meuwly 2019).
+    Exponents below :data:`EXP_FLOOR` are raised to it (speed; the basis value stays below 1.8e-35).
     """
 
     def __init__(self, n_rbf: int, cutoff: float) -> None:
@@ -77,10 +84,12 @@ class ExpNormalRBF(nn.Module):
         """(P,) distances -> (P, K) basis values, already multiplied by the cutoff function."""
         if self.centers.dim() == 1:
             diff = torch.exp(-r).unsqueeze(-1) - self.centers
-            return polynomial_cutoff(r, self.cutoff).unsqueeze(-1) * torch.exp(-self.widths * diff * diff)
+            exponent = (-self.widths * diff * diff).clamp(min=EXP_FLOOR)
+            return polynomial_cutoff(r, self.cutoff).unsqueeze(-1) * torch.exp(exponent)
         members = self.centers.shape[0]  # committee: member-blocked pairs, (members, K) centres and widths
         diff = torch.exp(-r).reshape(members, -1, 1) - self.centers.unsqueeze(1)
-        basis = torch.exp(-self.widths.unsqueeze(1) * diff * diff).reshape(*r.shape, -1)
+        exponent = (-self.widths.unsqueeze(1) * diff * diff).clamp(min=EXP_FLOOR)
+        basis = torch.exp(exponent).reshape(*r.shape, -1)
         return polynomial_cutoff(r, self.cutoff).unsqueeze(-1) * basis
 
 

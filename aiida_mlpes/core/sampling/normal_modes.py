@@ -21,7 +21,7 @@ Units: K, eV, Angstrom, amu, cm^-1.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,11 +55,14 @@ class DriverPotential:
 
     def __init__(self, monitor: MonitoredCalculator, template: Atoms) -> None:
         self.monitor, self.template = monitor, template
+        #: when a list, every evaluated structure is appended to it as (positions, driver results)
+        self.record: list[tuple[np.ndarray, dict[str, Any]]] | None = None
 
     def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        results = self.monitor.evaluate_many(
-            self.template, np.asarray(positions).reshape(-1, len(self.template), 3)
-        )
+        positions = np.asarray(positions).reshape(-1, len(self.template), 3)
+        results = self.monitor.evaluate_many(self.template, positions)
+        if self.record is not None:
+            self.record.extend(zip(positions.copy(), results, strict=True))
         return np.array([r["energy"] for r in results]), np.stack([r["forces"] for r in results])
 
 
@@ -72,6 +75,8 @@ class Reference:
     results: dict[str, Any]
     modes: NormalModes
     selected: np.ndarray
+    #: the structures of the finite-difference Hessian with their driver results (when recorded)
+    hessian_points: list[tuple[np.ndarray, dict[str, Any]]] = field(default_factory=list)
 
 
 def prepare_reference(
@@ -84,10 +89,12 @@ def prepare_reference(
     step: float,
     optimize: bool | str,
     fmax: float,
+    record_hessian: bool = False,
 ) -> Reference:
     """Optionally relax ``atoms`` (``optimize``: True or "minimum" to a minimum, "saddle" to the first-order
     saddle point nearby by P-RFO), compute its normal modes and select those in ``frequency_range``.
 
+    ``record_hessian`` keeps the structures of the finite-difference Hessian with their driver results.
     Raises ValueError naming the system when no mode lies in the range.
     """
     monitor.restart()
@@ -105,7 +112,9 @@ def prepare_reference(
         )
     collector.phase = "the harmonic analysis"
     results = monitor.evaluate(atoms)
+    potential.record = [] if record_hessian else None
     modes = normal_modes(potential, atoms.numbers, atoms.positions, masses=atoms.get_masses(), step=step)
+    hessian_points, potential.record = potential.record or [], None
     collector.phase = None
     low, high = frequency_range
     selected = np.flatnonzero((modes.frequencies >= low) & (modes.frequencies <= high))
@@ -127,7 +136,7 @@ def prepare_reference(
         selected_modes=selected,
         reference_energy=results["energy"],
     )
-    return Reference(atoms.positions.copy(), results, modes, selected)
+    return Reference(atoms.positions.copy(), results, modes, selected, hessian_points)
 
 
 #: Values of ``optimize``: no relaxation, a minimum, or a first-order saddle point (a transition state).
@@ -168,6 +177,7 @@ def normal_mode_sampling(
     temperature: float | None = None,
     energy: float | None = None,
     zero_point: bool = False,
+    hessian_samples: bool = False,
     frequency_range: Sequence[float | None] | None = DEFAULT_FREQUENCY_RANGE,
     step: float = DEFAULT_STEP,
     optimize: bool | str = False,
@@ -183,6 +193,9 @@ def normal_mode_sampling(
         temperature: K; or ``energy`` in eV, used in place of kB*T in eq. 2.
         zero_point: each mode's energy scale is max(kB T, hbar omega_i), so the samples also cover the
             quantum ground state (the region DMC walkers visit; see the module docstring).
+        hessian_samples: also keep the (optimized) reference structure and the 6N structures of its
+            finite-difference Hessian as samples. The driver computed them anyway; their forces carry the
+            curvature at the stationary point, i.e. the harmonic frequencies, to a model trained on them.
         frequency_range: (low, high) cm^-1, None for no bound; only modes inside are displaced.
             Imaginary frequencies are negative: the default (10, None) leaves them and zero modes out.
         step: finite-difference step of the Hessian, Angstrom.
@@ -198,6 +211,7 @@ def normal_mode_sampling(
         **check_mode_settings(frequency_range, step, fmax),
         "optimize": check_optimize(optimize),
         "zero_point": bool(zero_point),
+        "hessian_samples": bool(hessian_samples),
     }
     systems = as_systems(systems)
     seed, rngs = random_streams(seed, len(systems))
@@ -215,10 +229,23 @@ def normal_mode_sampling(
                 step=s["step"],
                 optimize=s["optimize"],
                 fmax=s["fmax"],
+                record_hessian=s["hessian_samples"],
             )
+            if s["hessian_samples"]:
+                keep_hessian_points(index, atoms, ref, collector)
             positions, harmonic = displacements(ref, s["n_samples"], s["kT"], rng, s["zero_point"])
             evaluate_and_collect(index, atoms, positions, monitor, collector, harmonic_energy=harmonic)
     return collector.result()
+
+
+def keep_hessian_points(index: int, atoms: Atoms, ref: Reference, collector: SampleCollector) -> None:
+    """Add the reference structure and its Hessian's displaced structures as samples of system ``index``,
+    each with its harmonic energy 0.5 dx.H.dx (eV) from the Cartesian Hessian."""
+    for positions, results in [(ref.positions, ref.results), *ref.hessian_points]:
+        dx = (positions - ref.positions).reshape(-1)
+        harmonic = np.float64(0.5 * dx @ ref.modes.hessian @ dx)
+        collector.add_sample(index, atoms.numbers.copy(), positions, results, harmonic_energy=harmonic)
+        collector.add_step(index, results["energy"])
 
 
 def displacements(
