@@ -15,7 +15,7 @@ from ase.build import molecule
 from aiida_mlpes.core.ragged import RaggedArrays
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.data.dataset import PESDataset
-from aiida_mlpes.workflows.reference import ReferenceBaseWorkChain, collect_exclusions
+from aiida_mlpes.workflows.reference_base import ReferenceBaseWorkChain, collect_exclusions
 
 
 @pytest.fixture
