@@ -30,8 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 #: The ``Host`` entry of ~/.ssh/config written by scripts/cluster.sh.
 SSH_HOST = "aiida-mlpes-slurm"
 MODES = ("single", "batches", "driver")
@@ -96,19 +94,12 @@ def setup_codes(poll: float, workdir: Path) -> dict:
 
 
 def nh3_dataset(n: int, seed: int = 0):
-    """``n`` NH3 geometries displaced by 0.05 Angstrom (normal noise), unlabelled and stored."""
-    from ase.build import molecule
+    """``n`` NH3 geometries of benchmarks/reference.py (displaced by 0.05 Angstrom), unlabelled and stored."""
+    from reference import nh3_structures  # the sibling benchmark; this folder is on sys.path when run
 
-    from aiida_mlpes.core.ragged import RaggedArrays
     from aiida_mlpes.data.dataset import PESDataset
 
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(n):
-        atoms = molecule("NH3")
-        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
-        images.append(atoms)
-    return PESDataset.from_arrays(RaggedArrays.from_atoms(images)).store()
+    return PESDataset.from_arrays(nh3_structures(n, seed)).store()
 
 
 def sacct_times(job_ids: list[str]) -> dict[str, tuple[float, float, float]]:

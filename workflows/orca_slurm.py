@@ -13,11 +13,11 @@ the protocols (aiida_mlpes/workflows/protocols/construct_pes.yaml, reference_orc
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 from aiida import orm
 
-from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.workflows import slurm_scripts
 from aiida_mlpes.workflows.slurm_scripts import slurm_options
 
@@ -62,20 +62,12 @@ def reference_inputs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
     return overrides, options
 
 
-def labelling_builder(code: orm.AbstractCode, dataset: PESDataset, args: argparse.Namespace):
-    """A ReferenceWorkChain labelling every conformation of ``dataset`` with ORCA on the cluster."""
-    return slurm_scripts.labelling_builder(code, dataset, args, reference_inputs)
-
-
-def construct_pes_builder(
-    code: orm.AbstractCode, runner: orm.AbstractCode, structure: orm.StructureData, args: argparse.Namespace
-):
-    """The loop for ``structure`` with ORCA labels, each stage with its own scheduler options."""
-    return slurm_scripts.construct_pes_builder(code, runner, structure, args, reference_inputs)
-
-
-def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
-    return slurm_scripts.parse_arguments(SETUP, __doc__, argv)
+# the shared builders and command line (aiida_mlpes/workflows/slurm_scripts.py) with ORCA's inputs
+labelling_builder = functools.partial(slurm_scripts.labelling_builder, reference_inputs=reference_inputs)
+construct_pes_builder = functools.partial(
+    slurm_scripts.construct_pes_builder, reference_inputs=reference_inputs
+)
+parse_arguments = functools.partial(slurm_scripts.parse_arguments, SETUP, __doc__)
 
 
 def main(argv: list[str] | None = None) -> orm.ProcessNode:

@@ -140,10 +140,11 @@ def test_run_commands_task_writes_input_files_and_runs_calls_side_by_side(tmp_pa
     with pytest.raises(TaskError, match="processes"):
         run_commands_task({"commands": commands, "processes": 0}, tmp_path)
     # a missing executable is reported as a shell would: message in the call's stderr, status 127
-    missing = {"args": ["/nonexistent/prog"], "stdout": "c", "stderr": "d"}
+    program = tmp_path / "not-installed" / "prog"  # a path that exists on no machine's test folder
+    missing = {"args": [str(program)], "stdout": "c", "stderr": "d"}
     result = run_commands_task({"commands": [missing, {**missing, "stdout": "e", "stderr": "f"}]}, tmp_path)
     assert result["statuses"] == [127, 127]
-    assert (tmp_path / "d").read_text() == "/nonexistent/prog: No such file or directory\n"
+    assert (tmp_path / "d").read_text() == f"{program}: No such file or directory\n"
 
 
 def test_driver_parses_outputs_and_a_killed_job_leaves_the_rest_not_run(tmp_path):
