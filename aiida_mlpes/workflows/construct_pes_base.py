@@ -14,6 +14,7 @@ from aiida_mlpes.core.convergence import LoopSettings
 from aiida_mlpes.data.dataset import PESDataset
 from aiida_mlpes.workflows import construct_pes_functions as functions
 from aiida_mlpes.workflows.reference import ReferenceWorkChain
+from aiida_mlpes.workflows.replay import launched_child
 
 
 class LoopBase(WorkChain):
@@ -29,11 +30,9 @@ class LoopBase(WorkChain):
         from aiida.common.links import LinkType
         from aiida.engine import CalcJob
 
-        from aiida_mlpes.workflows.reference import launched_child
-
         label = inputs["metadata"]["call_link_label"]
         link_type = LinkType.CALL_CALC if issubclass(process_class, CalcJob) else LinkType.CALL_WORK
-        launched = launched_child(self.node, link_type, label)
+        launched = launched_child(self, link_type, label)
         if launched is not None:
             self.report(
                 f"adopting {launched.process_label}<{launched.pk}> ({label}), launched before a restart"

@@ -37,10 +37,10 @@ from aiida_mlpes.workflows.reference_base import (
     _merge,
     _validate,
     join_exclusions,
-    launched_child,
 )
+from aiida_mlpes.workflows.replay import launched_child
 
-__all__ = ("ReferenceBaseWorkChain", "ReferenceWorkChain", "_calculation_class", "launched_child")
+__all__ = ("ReferenceBaseWorkChain", "ReferenceWorkChain", "_calculation_class")
 
 
 PROTOCOLS = pathlib.Path(__file__).parent / "protocols"
@@ -178,7 +178,7 @@ class ReferenceWorkChain(WorkChain):
             if "driver_code" in self.inputs:
                 inputs["driver_code"] = self.inputs.driver_code
             # after a daemon crash this step is replayed: adopt the batches its first try launched
-            launched = launched_child(self.node, LinkType.CALL_WORK, f"batch_{k:04d}")
+            launched = launched_child(self, LinkType.CALL_WORK, f"batch_{k:04d}")
             futures[f"batch_{k:04d}"] = launched or self.submit(ReferenceBaseWorkChain, **inputs)
         self.report(
             f"submitted {len(futures)} batches of up to {max(len(b) for b in self.ctx.batches)} structures"

@@ -25,6 +25,7 @@ from aiida_mlpes.calculations.merge import merge_datasets
 from aiida_mlpes.calculations.reference import ReferenceCalculation, n_structures
 from aiida_mlpes.core.reference import common
 from aiida_mlpes.data.dataset import PESDataset
+from aiida_mlpes.workflows.replay import launched_child
 
 _CODES = ReferenceCalculation.exit_codes
 #: Categories that raise the SCF fix level of a structure on retry (blow-ups are SCF problems too).
@@ -132,12 +133,6 @@ def _validate(inputs: dict[str, Any], _ctx=None) -> str | None:
     return cls.validate_inputs(inputs)
 
 
-def launched_child(node: orm.ProcessNode, link_type: LinkType, label: str) -> orm.ProcessNode | None:
-    """The process that ``node`` called with the link ``label`` (None if there is none yet)."""
-    found = node.base.links.get_outgoing(link_type=link_type, link_label_filter=label).all_nodes()
-    return found[0] if found else None
-
-
 def _merge(datasets: list[PESDataset]) -> PESDataset:
     """Merge without deduplication (one output conformation per successful input structure)."""
     fields = {tuple(sorted(d.field_names)) for d in datasets}
@@ -216,7 +211,7 @@ class ReferenceBaseWorkChain(BaseRestartWorkChain):
         submitted again: the engine replays a step from its last checkpoint, and the job of the first try
         (stored, linked and queued) runs anyway."""
         label = f"iteration_{self.ctx.iteration + 1:02d}"
-        launched = launched_child(self.node, LinkType.CALL_CALC, label)
+        launched = launched_child(self, LinkType.CALL_CALC, label)
         if launched is None:
             return super().run_process()
         self.ctx.iteration += 1
