@@ -26,6 +26,7 @@ from ase.build import molecule
 
 from aiida_mlpes.core.ragged import RaggedArrays
 from aiida_mlpes.data.dataset import PESDataset
+from aiida_mlpes.workflows.replay import SUPERSEDED
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPT = ROOT / "scripts" / "cluster.sh"
@@ -202,9 +203,25 @@ def sacct_jobs(job_ids: list[str]) -> dict[str, str]:
 
 
 def calcjobs_of(node: orm.ProcessNode) -> list[orm.CalcJobNode]:
-    """Every CalcJob called (directly or through sub-workflows) by ``node``, oldest first."""
-    found = [d for d in node.called_descendants if isinstance(d, orm.CalcJobNode)]
+    """Every CalcJob called (directly or through sub-workflows) by ``node``, oldest first; without those that a
+    replayed step superseded because they never started (see ``superseded_of``)."""
+    found = [
+        d
+        for d in node.called_descendants
+        if isinstance(d, orm.CalcJobNode) and not d.base.extras.get(SUPERSEDED, False)
+    ]
     return sorted(found, key=lambda n: n.pk)
+
+
+def superseded_of(node: orm.ProcessNode) -> list[orm.ProcessNode]:
+    """The children that a replayed step superseded (killed before they started, then launched again); each is
+    checked to have never reached the scheduler: nothing of it ran, so nothing was repeated."""
+    found = [d for d in node.called_descendants if d.base.extras.get(SUPERSEDED, False)]
+    for child in found:
+        assert child.is_killed, (child.pk, child.process_state)
+        if isinstance(child, orm.CalcJobNode):
+            assert child.get_job_id() is None and child.get_remote_workdir() is None, child.pk
+    return found
 
 
 SubmitAndWait = Callable[..., orm.ProcessNode]

@@ -26,6 +26,7 @@ from tests.integration.conftest import (
     restart_daemon,
     sacct_jobs,
     slow_program,
+    superseded_of,
     wait_for,
 )
 
@@ -89,6 +90,7 @@ def test_daemon_sigkill_during_labelling_batches(
     wait_for(node, 240, fresh_daemon)
 
     assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    superseded_of(node)  # any job stored but not started when the daemon died never reached SLURM
     jobs = calcjobs_of(node)
     assert len(jobs) == 3 and all(j.is_finished_ok for j in jobs)  # none repeated, none lost
     labelled = node.outputs.dataset
