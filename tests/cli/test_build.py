@@ -28,7 +28,10 @@ TINY = {
         "n_candidates": 6,
         "max_holes_labelled": 12,
     },
-    "sample": {"parameters": {"n_samples": 20, "temperature": 30.0, "optimize": True}, "seed": 3},
+    "sample": {
+        "parameters": {"n_samples": 20, "temperature": 30.0, "optimize": True, "low_temperature_samples": 0},
+        "seed": 3,
+    },
     "train": {
         "model": {"n_features": 16, "n_rbf": 16, "n_blocks": 1, "cutoff": 4.0, "predict_charges": False},
         "training": {"max_epochs": 150, "batch_size": 8, "threads": 1, "early_stopping_patience": None},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -87,6 +88,45 @@ def test_hessian_samples_keep_the_finite_difference_structures():
     np.testing.assert_allclose(
         kept.samples.energy, kept.sample_data["harmonic_energy"], rtol=1e-6, atol=1e-12
     )
+
+
+def test_low_temperature_samples_follow_eq_2_at_their_own_temperature():
+    """low_temperature_samples: after the usual samples (unchanged), more at low_temperature without the
+    zero-point scale: every mode's energy uniform on [0, 1.5 kB T_low]; flagged in sample_data."""
+    atoms, calc = harmonic_molecule()
+    n, extra, low = 200, 3000, 150.0
+    plain = normal_mode_sampling(atoms.copy(), calc, n_samples=n, temperature=2000.0, zero_point=True, seed=5)
+    both = normal_mode_sampling(
+        atoms.copy(),
+        calc,
+        n_samples=n,
+        temperature=2000.0,
+        zero_point=True,
+        hessian_samples=True,
+        low_temperature_samples=extra,
+        low_temperature=low,
+        seed=5,
+    )
+    n_hessian = 1 + 6 * len(atoms)
+    assert len(both) == n_hessian + n + extra
+    flags = both.sample_data["low_temperature"]
+    assert not flags[: n_hessian + n].any() and flags[n_hessian + n :].all()
+    start = (n_hessian) * len(atoms)
+    np.testing.assert_allclose(
+        both.samples.positions[start : start + n * len(atoms)], plain.samples.positions
+    )
+    cold = both.samples.select(np.flatnonzero(flags))
+    f, k = _coefficients(dataclasses.replace(both, samples=cold))
+    mode_energy = 0.5 * k * f**2
+    for i in range(len(k)):
+        assert stats.kstest(mode_energy[:, i] / (1.5 * KB * low), "uniform").pvalue > 1e-3
+    assert cold.energy.max() < 6 * 1.5 * KB * low
+    with pytest.raises(ValueError, match="low_temperature_samples must be >= 0"):
+        normal_mode_sampling(atoms, calc, n_samples=2, temperature=300, low_temperature_samples=-1)
+    with pytest.raises(ValueError, match="low_temperature must be > 0"):
+        normal_mode_sampling(
+            atoms, calc, n_samples=2, temperature=300, low_temperature_samples=2, low_temperature=0
+        )
 
 
 def test_saddle_optimization_samples_around_the_transition_state():

@@ -37,7 +37,15 @@ def _builder(codes: dict[str, orm.InstalledCode]):
             "n_candidates": 2,
             "validate_frequencies": False,
         },
-        "sample": {"parameters": {"n_samples": N_SAMPLES, "temperature": 600.0, "optimize": True}, "seed": 0},
+        "sample": {
+            "parameters": {
+                "n_samples": N_SAMPLES,
+                "temperature": 600.0,
+                "optimize": True,
+                "low_temperature_samples": 0,
+            },
+            "seed": 0,
+        },
         "train": {
             "model": {"n_features": 16, "n_rbf": 8, "n_blocks": 1, "cutoff": 4.0},
             "training": {"max_epochs": 10, "batch_size": 8, "progress_bar": False, "threads": 1},

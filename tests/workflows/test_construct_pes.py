@@ -159,7 +159,12 @@ def planted_hole_builder(runner, ase_code):
                 "name": "morse",
                 "parameters": {k: v for k, v in MORSE_H2.items() if k != "calculator"},
             },
-            "parameters": {"n_samples": 12, "temperature": 20.0, "optimize": True},
+            "parameters": {
+                "n_samples": 12,
+                "temperature": 20.0,
+                "optimize": True,
+                "low_temperature_samples": 0,
+            },
             "seed": 3,
         },
         "train": {

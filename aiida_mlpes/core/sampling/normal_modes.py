@@ -160,13 +160,22 @@ def check_mode_settings(frequency_range: Any, step: float, fmax: float) -> dict[
 
 
 def check_sampling_settings(
-    n_samples: int, temperature: float | None, energy: float | None
+    n_samples: int,
+    temperature: float | None,
+    energy: float | None,
+    low_temperature_samples: int = 0,
+    low_temperature: float = 300.0,
 ) -> dict[str, Any]:
     """Validated normal-mode sampling settings; exactly one of ``temperature`` and ``energy``."""
     if (temperature is None) == (energy is None):
         raise ValueError("give exactly one of temperature (K) and energy (eV, replaces kB*T in eq. 2)")
     kt = KB * check_real("temperature", temperature) if energy is None else check_real("energy", energy)
-    return {"n_samples": check_int("n_samples", n_samples), "kT": kt}
+    return {
+        "n_samples": check_int("n_samples", n_samples),
+        "kT": kt,
+        "low_temperature_samples": check_int("low_temperature_samples", low_temperature_samples, minimum=0),
+        "low_kT": KB * check_real("low_temperature", low_temperature),
+    }
 
 
 def normal_mode_sampling(
@@ -178,6 +187,8 @@ def normal_mode_sampling(
     energy: float | None = None,
     zero_point: bool = False,
     hessian_samples: bool = False,
+    low_temperature_samples: int = 0,
+    low_temperature: float = 300.0,
     frequency_range: Sequence[float | None] | None = DEFAULT_FREQUENCY_RANGE,
     step: float = DEFAULT_STEP,
     optimize: bool | str = False,
@@ -196,6 +207,9 @@ def normal_mode_sampling(
         hessian_samples: also keep the (optimized) reference structure and the 6N structures of its
             finite-difference Hessian as samples. The driver computed them anyway; their forces carry the
             curvature at the stationary point, i.e. the harmonic frequencies, to a model trained on them.
+        low_temperature_samples: extra samples per system drawn at ``low_temperature`` (K) without the
+            zero-point scale: the harmonic region, where frequencies and barrier heights are decided. Their
+            ``sample_data["low_temperature"]`` is True.
         frequency_range: (low, high) cm^-1, None for no bound; only modes inside are displaced.
             Imaginary frequencies are negative: the default (10, None) leaves them and zero modes out.
         step: finite-difference step of the Hessian, Angstrom.
@@ -207,7 +221,7 @@ def normal_mode_sampling(
     reference); ``systems[i]`` holds frequencies, force constants and the selected modes.
     """
     s = {
-        **check_sampling_settings(n_samples, temperature, energy),
+        **check_sampling_settings(n_samples, temperature, energy, low_temperature_samples, low_temperature),
         **check_mode_settings(frequency_range, step, fmax),
         "optimize": check_optimize(optimize),
         "zero_point": bool(zero_point),
@@ -234,7 +248,15 @@ def normal_mode_sampling(
             if s["hessian_samples"]:
                 keep_hessian_points(index, atoms, ref, collector)
             positions, harmonic = displacements(ref, s["n_samples"], s["kT"], rng, s["zero_point"])
-            evaluate_and_collect(index, atoms, positions, monitor, collector, harmonic_energy=harmonic)
+            low = np.zeros(len(positions), dtype=bool)
+            if s["low_temperature_samples"]:  # drawn after the others: those stay as without them
+                extra, extra_energy = displacements(ref, s["low_temperature_samples"], s["low_kT"], rng)
+                positions = np.concatenate([positions, extra])
+                harmonic = np.concatenate([harmonic, extra_energy])
+                low = np.concatenate([low, np.ones(len(extra), dtype=bool)])
+            evaluate_and_collect(
+                index, atoms, positions, monitor, collector, harmonic_energy=harmonic, low_temperature=low
+            )
     return collector.result()
 
 
@@ -244,7 +266,9 @@ def keep_hessian_points(index: int, atoms: Atoms, ref: Reference, collector: Sam
     for positions, results in [(ref.positions, ref.results), *ref.hessian_points]:
         dx = (positions - ref.positions).reshape(-1)
         harmonic = np.float64(0.5 * dx @ ref.modes.hessian @ dx)
-        collector.add_sample(index, atoms.numbers.copy(), positions, results, harmonic_energy=harmonic)
+        collector.add_sample(
+            index, atoms.numbers.copy(), positions, results, harmonic_energy=harmonic, low_temperature=False
+        )
         collector.add_step(index, results["energy"])
 
 

@@ -85,7 +85,9 @@ def _check_values(sampler: str, p: dict[str, Any], n_atoms: Sequence[int] | None
         check_mode_settings(p["frequency_range"], p["step"], p["fmax"])
         check_optimize(p["optimize"])
     if sampler == "normal_mode_sampling":
-        check_sampling_settings(p["n_samples"], p["temperature"], p["energy"])
+        check_sampling_settings(
+            p["n_samples"], p["temperature"], p["energy"], p["low_temperature_samples"], p["low_temperature"]
+        )
     if sampler == "normal_mode_scan":
         check_scan_settings(p["energy_step"], p["energy_limit"], p["nmax"], p["max_multiplier"])
     if sampler == "metadynamics":
